@@ -1,0 +1,113 @@
+"""Pipelines as data: roles, the turn schedule, how a task is shown, how an episode is graded.
+
+The engine (:mod:`mappa_envs.engine`) knows nothing about maths or data science; a :class:`PipelineSpec` tells it
+who acts, in which order, what each role sees, whether a role's code runs, and how the finished episode is graded.
+Adding a pipeline means writing one of these, not a new engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mappa_envs.records import ActionRecord
+from mappa_envs.tasks import Task, TaskSet
+
+Visibility = Literal["upstream", "previous_round", "all_rounds"]
+"""What a role sees of the other roles' actions.
+
+- ``upstream``: every earlier action of every other role (sequential pipelines).
+- ``previous_round``: the other roles' actions from the round before this one (debaters).
+- ``all_rounds``: every earlier action of every other role, grouped by round (the debate judge).
+"""
+
+
+@dataclass(frozen=True)
+class Role:
+    """One agent of the team.
+
+    ``max_turns`` bounds how many actions the role takes in one slot: it keeps the turn while its answer contains
+    code that ran and it has turns left; an answer without code ends its part. ``required_artifacts`` are files
+    the role must leave in the workspace (checked by the rule coach and named in its prompt).
+    """
+
+    name: str
+    title: str
+    system_prompt: str
+    max_turns: int = 1
+    runs_code: bool = False
+    visibility: Visibility = "upstream"
+    required_artifacts: tuple[str, ...] = ()
+    rubric: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError(f"role {self.name!r}: max_turns must be >= 1, got {self.max_turns}")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place in the schedule: a role acting in a round (up to ``role.max_turns`` actions)."""
+
+    role: str
+    round: int = 0
+
+
+Grader = Callable[[Task, Sequence[ActionRecord], Path | None], dict[str, Any]]
+"""``grade(task, records, workspace_dir) -> outcome``.
+
+The outcome always has ``success`` (bool) and ``reward`` (float in [0, 1], the bare env's terminal reward for
+every agent) plus pipeline-specific keys (math: ``correct``, ``answer``, ``expected``; tabular: ``valid``,
+``metric``, ``score``, ``relative``, ``reason``).
+"""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything that makes one pipeline different from another."""
+
+    name: str
+    description: str
+    roles: tuple[Role, ...]
+    schedule: tuple[Slot, ...]
+    grade: Grader
+    load_tasks: Callable[[Any], TaskSet]
+    render_task: Callable[[Task], str]
+    default_tasks: str = "embedded:train"
+    preload: str = ""
+    coach_context: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.roles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pipeline {self.name!r}: role names must be unique, got {names}")
+        for slot in self.schedule:
+            if slot.role not in names:
+                raise ValueError(f"pipeline {self.name!r}: schedule names unknown role {slot.role!r}")
+
+    def role(self, name: str) -> Role:
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise KeyError(f"pipeline {self.name!r} has no role {name!r}; roles: {[r.name for r in self.roles]}")
+
+    @property
+    def runs_code(self) -> bool:
+        return any(r.runs_code for r in self.roles)
+
+
+def sequential(roles: Sequence[Role]) -> tuple[Slot, ...]:
+    """Each role acts once in order (with up to ``max_turns`` actions)."""
+    return tuple(Slot(r.name, 0) for r in roles)
+
+
+def debate(debaters: Sequence[Role], judge: Role, rounds: int) -> tuple[Slot, ...]:
+    """Every debater speaks once per round; after the last round the judge decides."""
+    if rounds < 1:
+        raise ValueError(f"a debate needs at least one round, got {rounds}")
+    slots = [Slot(d.name, r) for r in range(rounds) for d in debaters]
+    slots.append(Slot(judge.name, rounds - 1))
+    return tuple(slots)

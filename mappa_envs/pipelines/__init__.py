@@ -1,0 +1,1 @@
+"""The pipelines: each module is one env family, documented PettingZoo-style in its docstring."""

@@ -1,0 +1,333 @@
+"""One IPython kernel with per-cell limits: wall time (interrupt, then restart), memory, output size.
+
+Why a persistent kernel and not a process per code block: importing pandas and scikit-learn costs ~1.3 s per
+fresh process on 2 cores, and agents pass state between turns. The kernel talks to us over IPC sockets in a
+private runtime folder (no TCP port, so it also works with the network switched off), gets a minimal environment
+(no secrets of the host process leak into agent code), and is started as a child subreaper with rlimits so that
+:func:`~mappa_envs.workspace.procs.kill_tree` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.manager import KernelManager
+
+from mappa_envs.records import ToolResult
+from mappa_envs.text import strip_ansi
+from mappa_envs.workspace.procs import kill_tree, limits_preexec
+
+GiB = 1024**3
+
+
+class KernelError(RuntimeError):
+    """The kernel could not be started or reached; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class CellLimits:
+    """Limits applied to every code cell (settable through ``make(..., cell_timeout_s=..., ...)``)."""
+
+    timeout_s: float = 60.0
+    memory_bytes: int | None = 4 * GiB
+    output_bytes: int = 64 * 1024
+    interrupt_grace_s: float = 3.0
+
+
+Wrapper = Callable[[list[str], Path], list[str]]
+"""Turns the kernel argv into a sandboxed argv, given the kernel's runtime folder (see the sandbox module)."""
+
+
+def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment: what Python needs, nothing the host keeps secret (API keys stay out)."""
+    env = {
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MALLOC_ARENA_MAX": "2",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "JPY_SESSION_NAME": "mappa",
+    }
+    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # machine-specific BLAS workarounds must carry over
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+class _Manager(KernelManager):
+    """A KernelManager whose command line we own (the venv's python, optional sandbox prefix)."""
+
+    mappa_argv: list[str] = []
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return [a.replace("{connection_file}", self.connection_file) for a in self.mappa_argv]
+
+
+class Kernel:
+    """A started IPython kernel; ``execute(code)`` returns a :class:`ToolResult`, whatever the code does."""
+
+    def __init__(
+        self,
+        limits: CellLimits = CellLimits(),
+        preload: str = "",
+        wrapper: Wrapper | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.limits = limits
+        self.preload = preload
+        self.wrapper = wrapper
+        self.python = python
+        self.cwd: Path | None = None
+        self._km: _Manager | None = None
+        self._kc = None
+        self._runtime: Path | None = None
+        self.restarts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, cwd: Path | None = None) -> Kernel:
+        self._runtime = Path(tempfile.mkdtemp(prefix="mappa-kernel-"))
+        start_dir = Path(cwd) if cwd else self._runtime
+        argv = [
+            self.python,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--HistoryManager.enabled=False",
+            "--IPKernelApp.parent_handle=0",
+            "--quiet",
+        ]
+        if self.wrapper is not None:
+            argv = self.wrapper(argv, self._runtime)
+        km = _Manager(transport="ipc", ip=str(self._runtime / "k"))
+        km.mappa_argv = argv
+        km.connection_file = str(self._runtime / "connection.json")
+        try:
+            km.start_kernel(
+                cwd=str(start_dir),
+                env=kernel_env({"HOME": str(start_dir)}),
+                preexec_fn=limits_preexec(self.limits.memory_bytes),
+            )
+            kc = km.blocking_client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=60)
+        except Exception as e:
+            self._km = km
+            self.shutdown()
+            raise KernelError(
+                f"could not start an IPython kernel with {self.python} ({type(e).__name__}: {e}); "
+                "install ipykernel in that environment (`pip install ipykernel`)"
+            ) from e
+        self._km, self._kc = km, kc
+        if cwd:
+            self.cwd = Path(cwd)
+        if self.preload:
+            result = self.execute(self.preload)
+            if result.error:
+                raise KernelError(f"kernel preload failed: {result.error}\n{result.stderr}")
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        km = self._km
+        proc = getattr(getattr(km, "provisioner", None), "process", None) if km else None
+        return proc.pid if proc is not None else None
+
+    def is_alive(self) -> bool:
+        return bool(self._km and self._km.is_alive())
+
+    def chdir(self, path: Path) -> None:
+        """Move a (pooled) kernel into an episode's workspace folder."""
+        res = self.execute(f"import os as _o; _o.chdir({str(path)!r}); del _o")
+        if res.error:
+            raise KernelError(f"kernel could not enter workspace {path}: {res.error}")
+        self.cwd = Path(path)
+
+    def shutdown(self) -> None:
+        """Kill the kernel and every process it spawned, detached ones included; remove its sockets."""
+        pid = self.pid
+        if pid is not None:
+            kill_tree(pid)
+        if self._kc is not None:
+            try:
+                self._kc.stop_channels()
+            except Exception:
+                pass
+        if self._km is not None:
+            try:
+                if self._km.has_kernel:
+                    self._km.shutdown_kernel(now=True)
+            except Exception:
+                pass
+            try:
+                self._km.cleanup_resources()
+            except Exception:
+                pass
+        self._km = self._kc = None
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+            self._runtime = None
+
+    def restart(self) -> None:
+        """A fresh kernel in the same folder: variables are lost, files are kept."""
+        cwd = self.cwd
+        self.shutdown()
+        self.restarts += 1
+        self.start(cwd=cwd)
+
+    # -- execution ---------------------------------------------------------------------------------------------
+    def execute(self, code: str) -> ToolResult:
+        if self._kc is None:
+            raise KernelError("kernel is not started; call start() first")
+        started = time.monotonic()
+        out = _Capture(self.limits.output_bytes)
+        msg_id = self._kc.execute(code, store_history=False, allow_stdin=False, stop_on_error=True)
+        deadline = started + self.limits.timeout_s
+        error: str | None = None
+        timed_out = restarted = False
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                stopped = self._interrupt(msg_id, out)
+                if stopped:
+                    error = f"Timeout: the cell ran longer than {self.limits.timeout_s:g} s and was interrupted"
+                else:
+                    self.restart()
+                    restarted = True
+                    error = (
+                        f"Timeout: the cell ran longer than {self.limits.timeout_s:g} s and ignored the interrupt; "
+                        "the kernel was restarted (variables are lost, files are kept)"
+                    )
+                break
+            try:
+                msg = self._kc.get_iopub_msg(timeout=min(0.2, deadline - now))
+            except queue.Empty:
+                if not self.is_alive():
+                    error = self._died(out)
+                    restarted = True
+                    break
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if _handle(msg, out):
+                break
+        if error is None and out.error:
+            error = out.error
+        return ToolResult(
+            code=code,
+            stdout=out.text("stdout"),
+            stderr=out.text("stderr"),
+            error=error,
+            timed_out=timed_out,
+            kernel_restarted=restarted,
+            output_truncated=out.dropped > 0,
+            duration_s=time.monotonic() - started,
+        )
+
+    def _interrupt(self, msg_id: str, out: _Capture) -> bool:
+        """Send SIGINT and wait for the cell to end; False when it would not stop."""
+        try:
+            self._km.interrupt_kernel()  # type: ignore[union-attr]
+        except Exception:
+            return False
+        deadline = time.monotonic() + self.limits.interrupt_grace_s
+        while time.monotonic() < deadline:
+            try:
+                msg = self._kc.get_iopub_msg(timeout=0.1)  # type: ignore[union-attr]
+            except queue.Empty:
+                if not self.is_alive():
+                    return False
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and _handle(msg, out):
+                return True
+        return False
+
+    def _died(self, out: _Capture) -> str:
+        code = None
+        proc = getattr(getattr(self._km, "provisioner", None), "process", None)
+        if proc is not None:
+            code = proc.poll()
+        self.restart()
+        limit = self.limits.memory_bytes
+        hint = f" (a memory limit of {limit / GiB:g} GiB applies)" if limit else ""
+        return (
+            f"KernelDied: the Python process running the code exited (exit code {code}){hint}; "
+            "a fresh kernel was started: variables are lost, files in the workspace are kept"
+        )
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class _Capture:
+    """Collects a cell's output up to a byte budget; what is dropped is counted and marked."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.dropped = 0
+        self.parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.error: str | None = None
+
+    def add(self, stream: str, text: str) -> None:
+        room = self.limit - self.used
+        if len(text) > room:
+            self.dropped += len(text) - max(room, 0)
+            text = text[: max(room, 0)]
+        self.used += len(text)
+        if text:
+            self.parts[stream].append(text)
+
+    def text(self, stream: str) -> str:
+        body = "".join(self.parts[stream])
+        if stream == "stdout" and self.dropped:
+            body += f"\n[... output truncated: {self.dropped} more characters not shown (limit {self.limit}) ...]\n"
+        return body
+
+
+def _handle(msg: dict, out: _Capture) -> bool:
+    """Fold one iopub message into ``out``; True when the cell has finished."""
+    kind = msg["msg_type"]
+    content = msg["content"]
+    if kind == "stream":
+        out.add("stderr" if content.get("name") == "stderr" else "stdout", content.get("text", ""))
+    elif kind in ("execute_result", "display_data"):
+        text = content.get("data", {}).get("text/plain")
+        if text:
+            out.add("stdout", text + "\n")
+    elif kind == "error":
+        tb = strip_ansi("\n".join(content.get("traceback", [])))
+        out.add("stderr", tb + "\n")
+        out.error = f"{content.get('ename', 'Error')}: {strip_ansi(content.get('evalue', ''))}".strip()
+    elif kind == "status" and content.get("execution_state") == "idle":
+        return True
+    return False
+
+
+def python_has_ipykernel(python: str = sys.executable) -> bool:
+    import subprocess
+
+    return subprocess.run([python, "-c", "import ipykernel"], capture_output=True).returncode == 0
+
+
+def default_preload(modules: Sequence[str]) -> str:
+    """Code that imports ``modules`` in a pooled kernel so the first real cell does not pay for them."""
+    return "\n".join(f"import {m}" for m in modules)

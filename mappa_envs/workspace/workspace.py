@@ -1,0 +1,113 @@
+"""The per-episode workspace: a fresh folder holding the task's input files and one kernel started in it.
+
+Agents pass work to each other through this folder (``X_train.pkl`` → ``model.pkl`` → ``submission.csv``) and
+through the kernel's state across their own turns. The kernel is taken lazily — an episode whose agents never run
+code never starts one — from a warm pool when ``pool_size > 0``. ``close()`` kills the kernel with every process
+it spawned and removes the folder, unless ``keep=True`` (for inspection).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from mappa_envs.records import FileInfo, ToolResult
+from mappa_envs.workspace.kernel import CellLimits, Kernel, Wrapper
+from mappa_envs.workspace.pool import shared_pool
+
+MAX_LISTED_FILES = 200
+
+
+def default_root() -> Path:
+    return Path(tempfile.gettempdir()) / "mappa-workspaces"
+
+
+class Workspace:
+    def __init__(
+        self,
+        root: Path | None = None,
+        limits: CellLimits = CellLimits(),
+        preload: str = "",
+        pool_size: int = 1,
+        wrapper: Wrapper | None = None,
+        python: str = sys.executable,
+        keep: bool = False,
+    ) -> None:
+        self.root = Path(root) if root else default_root()
+        self.limits = limits
+        self.preload = preload
+        self.pool_size = pool_size
+        self.wrapper = wrapper
+        self.python = python
+        self.keep = keep
+        self.path: Path | None = None
+        self._kernel: Kernel | None = None
+
+    def open(self, name: str, files: Mapping[str, Path] = {}) -> Path:
+        """Create a fresh folder ``<root>/<name>-XXXX`` and copy the input files into it under their names."""
+        self.close()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        for target, source in files.items():
+            dest = self.path / target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+        if self.pool_size > 0:  # warm a kernel while the first agent is still thinking
+            self._pool().fill()
+        return self.path
+
+    def _pool(self):
+        return shared_pool(self.limits, self.preload, self.wrapper, self.python, self.pool_size)
+
+    @property
+    def kernel(self) -> Kernel:
+        if self.path is None:
+            raise RuntimeError("workspace is not open; call open() first")
+        if self._kernel is None:
+            if self.pool_size > 0:
+                kernel = self._pool().acquire()
+                kernel.chdir(self.path)
+            else:
+                kernel = Kernel(self.limits, preload=self.preload, wrapper=self.wrapper, python=self.python)
+                kernel.start(cwd=self.path)
+            self._kernel = kernel
+        return self._kernel
+
+    @property
+    def kernel_started(self) -> bool:
+        return self._kernel is not None
+
+    def run(self, code: str) -> ToolResult:
+        """Execute one code block in the episode's kernel (started on first use)."""
+        return self.kernel.execute(code)
+
+    def files(self) -> list[FileInfo]:
+        """Files in the workspace (relative names, sizes), sorted; at most ``MAX_LISTED_FILES``."""
+        if self.path is None or not self.path.exists():
+            return []
+        out: list[FileInfo] = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = sorted(d for d in dirnames if d not in {"__pycache__", ".ipynb_checkpoints"})
+            for f in sorted(filenames):
+                p = Path(dirpath) / f
+                try:
+                    size = p.lstat().st_size
+                except OSError:
+                    continue
+                out.append(FileInfo(str(p.relative_to(self.path)), size))
+                if len(out) >= MAX_LISTED_FILES:
+                    return out
+        return sorted(out, key=lambda f: f.name)
+
+    def close(self) -> None:
+        """Kill the kernel (and all it spawned) and remove the folder unless ``keep``."""
+        if self._kernel is not None:
+            self._kernel.shutdown()
+            self._kernel = None
+        if self.path is not None and not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path = None
