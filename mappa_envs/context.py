@@ -33,7 +33,9 @@ def render_record(record: ActionRecord, title: str, tool_chars: int, show_round:
     where = f"round {record.round + 1}" if show_round else f"turn {record.turn + 1}"
     parts = [f"## {title} ({where})", record.visible_action or "(empty answer)"]
     if record.tool_results:
-        parts.append("### Output of the code above\n" + format_tool_results(record.tool_results, limit=tool_chars))
+        parts.append(
+            "### Output of the code above\n" + format_tool_results(record.tool_results, limit=tool_chars)
+        )
     return "\n\n".join(parts)
 
 

@@ -68,11 +68,15 @@ class PipelineEnv(AECEnv):
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
         self.spec = spec
         self.env_id = env_id or spec.name
         self.metadata = {**self.metadata, "name": self.env_id}
-        self.tasks: TaskSet = tasks if isinstance(tasks, TaskSet) else spec.load_tasks(tasks or spec.default_tasks)
+        self.tasks: TaskSet = (
+            tasks if isinstance(tasks, TaskSet) else spec.load_tasks(tasks or spec.default_tasks)
+        )
         self.max_action_chars = int(max_action_chars)
         self.tool_output_chars = int(tool_output_chars)
         self.render_mode = render_mode
@@ -119,7 +123,9 @@ class PipelineEnv(AECEnv):
         if "task_index" in options:
             index = int(options["task_index"])
             if not 0 <= index < len(self.tasks):
-                raise IndexError(f"task_index {index} out of range: {self.tasks.name} has {len(self.tasks)} tasks")
+                raise IndexError(
+                    f"task_index {index} out of range: {self.tasks.name} has {len(self.tasks)} tasks"
+                )
         else:
             index = int(self._rng.integers(len(self.tasks)))
         self.task = self.tasks[index]
@@ -272,7 +278,9 @@ class PipelineEnv(AECEnv):
             print(text)
 
 
-def run_episode(env: AECEnv, team: dict[str, Any] | Any, seed: int | None = None, options: dict | None = None):
+def run_episode(
+    env: AECEnv, team: dict[str, Any] | Any, seed: int | None = None, options: dict | None = None
+):
     """Play one episode with ``team`` (a callable ``(agent, messages) -> str`` or a dict of such per agent).
 
     Returns the unwrapped env's records and outcome; a helper for scripted teams, demos and tests.

@@ -81,7 +81,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line of a JSONL file is one object") from e
+            raise TaskError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); each line of a JSONL file is one object"
+            ) from e
         if not isinstance(rec, dict):
             raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         records.append(rec)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_TAG = re.compile(r"<(/?)think\s*>", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _FENCE = re.compile(
     r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\n(.*?)^[ \t]*```[ \t]*$",
@@ -20,15 +18,32 @@ _FENCE = re.compile(
 
 
 def strip_think(text: str) -> str:
-    """Remove reasoning: paired ``<think>…</think>``, a prefix ending in an orphan ``</think>``, an unclosed tail."""
-    text = _THINK_BLOCK.sub("", text)
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:  # the template opened <think> in the prompt: everything up to the last orphan close is thinking
-        text = text[closes[-1].end() :]
-    opened = _THINK_OPEN.search(text)
-    if opened:  # generation stopped while still thinking
-        text = text[: opened.start()]
-    return text.strip()
+    """The visible part of a model answer: without ``<think>`` blocks.
+
+    Also drops everything before an unpaired ``</think>`` (templates that open ``<think>`` in the prompt make the
+    model emit only the closing tag) and an unclosed ``<think>`` up to the end of the text (a truncated thought).
+    Linear time, so a pathological answer cannot stall grading.
+    """
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    visible: list[str] = []
+    start = 0
+    inside = False
+    for m in _THINK_TAG.finditer(text):
+        closing = m.group(1) == "/"
+        if not closing:
+            if not inside:
+                visible.append(text[start : m.start()])
+                inside = True
+        elif inside:
+            inside = False
+            start = m.end()
+        else:  # unpaired </think>: all that came before was thinking
+            visible.clear()
+            start = m.end()
+    if not inside:
+        visible.append(text[start:])
+    return "".join(visible).strip()
 
 
 def python_blocks(text: str) -> list[str]:

@@ -119,7 +119,13 @@ class Kernel:
         try:
             km.start_kernel(
                 cwd=str(start_dir),
-                env=kernel_env({"HOME": str(start_dir)}),
+                env=kernel_env(
+                    {
+                        "HOME": str(self._runtime),
+                        "IPYTHONDIR": str(self._runtime / "ipython"),
+                        "MPLCONFIGDIR": str(self._runtime / "mpl"),
+                    }
+                ),
                 preexec_fn=limits_preexec(self.limits.memory_bytes),
             )
             kc = km.blocking_client()
@@ -205,7 +211,9 @@ class Kernel:
                 timed_out = True
                 stopped = self._interrupt(msg_id, out)
                 if stopped:
-                    error = f"Timeout: the cell ran longer than {self.limits.timeout_s:g} s and was interrupted"
+                    error = (
+                        f"Timeout: the cell ran longer than {self.limits.timeout_s:g} s and was interrupted"
+                    )
                 else:
                     self.restart()
                     restarted = True

@@ -87,7 +87,9 @@ def shared_pool(
     with _POOLS_LOCK:
         pool = _POOLS.get(pool_key)
         if pool is None:
-            pool = KernelPool(lambda: Kernel(limits, preload=preload, wrapper=wrapper, python=python), size=size)
+            pool = KernelPool(
+                lambda: Kernel(limits, preload=preload, wrapper=wrapper, python=python), size=size
+            )
             _POOLS[pool_key] = pool
         pool.size = max(pool.size, size)
     return pool

@@ -1,0 +1,90 @@
+"""``mappa`` command line: ``envs`` lists the registry, ``play`` runs episodes and prints the transcript.
+
+``train`` and ``eval`` are provided by ``mappa_train`` (the trainer) and appear here once it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import mappa_envs
+from mappa_envs.engine import run_episode
+from mappa_envs.records import ActionRecord, trim
+from mappa_envs.scripted import scripted_team
+
+
+def _format_record(r: ActionRecord, title: str) -> str:
+    head = f"── {title} · step {r.step} · turn {r.turn + 1}"
+    if r.judgement is not None:
+        head += f" · coach {r.judgement.score:g}/10 ({r.judgement.source})"
+    lines = [head, trim(r.action, 3000)]
+    if r.tool_results:
+        lines.append("   ┄ tool output ┄")
+        lines.append(r.tool_output_text(limit=1500))
+    written = r.files_written()
+    if written:
+        lines.append("   files written: " + ", ".join(f"{f.name} ({f.size} B)" for f in written))
+    return "\n".join(lines)
+
+
+def transcript(records: Sequence[ActionRecord], titles: dict[str, str], outcome: dict | None) -> str:
+    """A person-readable transcript of one episode with per-action judgements and the outcome."""
+    parts = [_format_record(r, titles.get(r.role, r.role)) for r in records]
+    if outcome is not None:
+        parts.append("══ outcome: " + json.dumps(outcome, default=str))
+    return "\n\n".join(parts)
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    print(mappa_envs.registry)
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    kwargs = {"tasks": args.tasks} if args.tasks else {}
+    env = mappa_envs.make(args.env, **kwargs)
+    spec = env.unwrapped.spec
+    team = scripted_team(spec.name) if args.team == "scripted" else None
+    if team is None:
+        print(f"unknown team {args.team!r}; available: scripted", file=sys.stderr)
+        return 2
+    titles = {r.name: r.title for r in spec.roles}
+    successes = 0
+    try:
+        for episode in range(args.episodes):
+            records, outcome = run_episode(env, team, seed=args.seed + episode)
+            task = env.unwrapped.task
+            print(f"\n████ episode {episode + 1}/{args.episodes} · {env.unwrapped.env_id} · task {task.id}")
+            print(transcript(records, titles, outcome))
+            successes += bool(outcome and outcome.get("success"))
+    finally:
+        env.close()
+    print(f"\n{successes}/{args.episodes} episodes succeeded")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mappa", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("envs", help="list the registered environments")
+    p.set_defaults(func=cmd_envs)
+    p = sub.add_parser("play", help="play episodes and print the transcripts")
+    p.add_argument("env", help="env id, e.g. math-chat or math-chat-v0")
+    p.add_argument("--team", default="scripted", help="who plays: 'scripted' (a hand-written team)")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", default=None, help="task source: embedded:train, embedded:eval, or a path")
+    p.set_defaults(func=cmd_play)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
