@@ -143,6 +143,7 @@ class PipelineEnv(AECEnv):
         self.infos = {a: {"task_id": self.task.id, "episode_id": self.episode_id} for a in self.agents}
         self.agent_selection = self.spec.schedule[0].role
         self._transcript: list[str] = []
+        self._kernel_owner: str | None = None
         if self.workspace is not None:
             self.workspace.open(self.episode_id, self.task.files)
 
@@ -167,7 +168,7 @@ class PipelineEnv(AECEnv):
         if clipped:
             action = action[: self.max_action_chars] + CLIP_MARKER.format(n=self.max_action_chars)
         files_before = self.workspace.files() if self.workspace else []
-        results = self._run_code(action) if role.runs_code else []
+        results = self._run_code(agent, action) if role.runs_code else []
         files_after = self.workspace.files() if self.workspace else []
         continues = bool(results) and self._turn + 1 < role.max_turns
         record = ActionRecord(
@@ -237,10 +238,19 @@ class PipelineEnv(AECEnv):
             tool_chars=self.tool_output_chars,
         )
 
-    def _run_code(self, action: str) -> list[ToolResult]:
-        """Run the visible python blocks in order; stop at the first failing block, like a notebook's "run all"."""
+    def _run_code(self, agent: str, action: str) -> list[ToolResult]:
+        """Run the visible python blocks in order; stop at the first failing block, like a notebook's "run all".
+
+        With ``spec.kernel_per_role`` a role never inherits another role's variables: hand-offs go through files.
+        """
+        blocks = python_blocks(action)
+        if not blocks:
+            return []
+        if self.spec.kernel_per_role and self._kernel_owner not in (None, agent):
+            self.workspace.release_kernel()  # type: ignore[union-attr]
+        self._kernel_owner = agent
         results: list[ToolResult] = []
-        for block in python_blocks(action):
+        for block in blocks:
             result = self.workspace.run(block)  # type: ignore[union-attr]
             results.append(result)
             if not result.ok:
@@ -257,10 +267,8 @@ class PipelineEnv(AECEnv):
             self.rewards[a] = float(outcome["reward"])
             self.terminations[a] = True
             self.infos[a] = {**self.infos[a], "outcome": outcome}
-        if self.workspace is not None and self.workspace.kernel_started:
-            # free the kernel now; the folder stays until the next reset/close for inspection
-            self.workspace._kernel.shutdown()  # type: ignore[union-attr]
-            self.workspace._kernel = None
+        if self.workspace is not None:  # free the kernel now; the folder stays until reset/close for inspection
+            self.workspace.release_kernel()
         self.agent_selection = self.agents[0]
         if self.render_mode is not None:
             self._render_line(f"=== outcome: {outcome}")

@@ -66,7 +66,12 @@ every agent) plus pipeline-specific keys (math: ``correct``, ``answer``, ``expec
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Everything that makes one pipeline different from another."""
+    """Everything that makes one pipeline different from another.
+
+    ``preload`` is code a pooled kernel runs before it is handed out (imports agents will need).
+    ``kernel_per_role``: each role gets a fresh kernel, so roles can hand work on only through workspace files
+    (the artifact contract the coach checks), never through variables left in memory.
+    """
 
     name: str
     description: str
@@ -77,6 +82,7 @@ class PipelineSpec:
     render_task: Callable[[Task], str]
     default_tasks: str = "embedded:train"
     preload: str = ""
+    kernel_per_role: bool = False
     coach_context: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -146,8 +146,11 @@ def test_close_leaves_no_kernel_or_folder_behind():
             env.step(None)
             continue
         env.step(team(agent, obs["messages"]))
-        if agent == "coder" and processes_with(marker):
+        if agent == "coder":
             break
+    deadline = time.time() + 10
+    while not processes_with(marker) and time.time() < deadline:
+        time.sleep(0.05)
     assert processes_with(marker)
     folder = env.unwrapped.workspace.path
     env.close()

@@ -81,6 +81,12 @@ class Workspace:
     def kernel_started(self) -> bool:
         return self._kernel is not None
 
+    def release_kernel(self) -> None:
+        """Kill the current kernel (and all it spawned); the next ``run`` gets a fresh one, the files stay."""
+        if self._kernel is not None:
+            self._kernel.shutdown()
+            self._kernel = None
+
     def run(self, code: str) -> ToolResult:
         """Execute one code block in the episode's kernel (started on first use)."""
         return self.kernel.execute(code)
@@ -105,9 +111,7 @@ class Workspace:
 
     def close(self) -> None:
         """Kill the kernel (and all it spawned) and remove the folder unless ``keep``."""
-        if self._kernel is not None:
-            self._kernel.shutdown()
-            self._kernel = None
+        self.release_kernel()
         if self.path is not None and not self.keep:
             shutil.rmtree(self.path, ignore_errors=True)
         self.path = None
