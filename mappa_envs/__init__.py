@@ -1,8 +1,8 @@
 """mappa_envs: PettingZoo AEC environments for teams of LLM agents, with per-action receipts for a coach.
 
-    import mappa_envs
-    env = mappa_envs.make("math-chat")          # latest version, offline defaults
-    print(mappa_envs.registry)                  # every env id with a one-line description
+import mappa_envs
+env = mappa_envs.make("math-chat")          # latest version, offline defaults
+print(mappa_envs.registry)                  # every env id with a one-line description
 """
 
 from mappa_envs.engine import PipelineEnv, run_episode, team_from_replies
@@ -21,6 +21,12 @@ register(
     "math-debate-v0",
     "mappa_envs.pipelines.math_debate:raw_env",
     "k debaters × r rounds, then a judge, on maths problems; graded on the judge's final \\boxed{}.",
+)
+
+register(
+    "dsbench-3agent-v0",
+    "mappa_envs.pipelines.dsbench:raw_env",
+    "Data Engineer → Modeler → Analyst on tabular tasks; graded on submission.csv with the task's own metric.",
 )
 
 __all__ = [
