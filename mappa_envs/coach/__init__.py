@@ -1,0 +1,51 @@
+"""Coaches: turn action receipts into per-action scores (:class:`~mappa_envs.records.Judgement`).
+
+- :class:`Coach` — the protocol (``judge`` / ``ajudge`` over a batch of records).
+- :class:`OpenAICoach` — any OpenAI-compatible endpoint; needs the ``openai`` package (``pip install
+  'mappa[coach]'``), imported only when used.
+- :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame).
+- :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
+- :func:`parse_judgement` — the strict reply parser; :func:`build_messages` — the coach prompt.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mappa_envs.coach.base import Coach, MixtureCoach
+from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
+from mappa_envs.coach.parse import CoachParseError, parse_judgement
+from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
+from mappa_envs.coach.rules import RuleCoach, RuleWeights
+
+if TYPE_CHECKING:
+    from mappa_envs.coach.openai_coach import CoachStats, CoachUnavailable, OpenAICoach
+
+__all__ = [
+    "JUDGEMENT_SCHEMA",
+    "Coach",
+    "CoachParseError",
+    "CoachStats",
+    "CoachUnavailable",
+    "JudgementCache",
+    "MixtureCoach",
+    "OpenAICoach",
+    "PromptLimits",
+    "RuleCoach",
+    "RuleWeights",
+    "build_messages",
+    "cache_key",
+    "default_cache_dir",
+    "parse_judgement",
+]
+
+_LAZY = {"OpenAICoach", "CoachUnavailable", "CoachStats"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the OpenAI backend on first use, so the rule coach works without the ``openai`` package."""
+    if name in _LAZY:
+        from mappa_envs.coach import openai_coach
+
+        return getattr(openai_coach, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

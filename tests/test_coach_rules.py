@@ -1,0 +1,222 @@
+"""RuleCoach on hand-built receipts, including the hindsight credit-assignment story (missing X_test.pkl)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+try:
+    from tests.coach_fixtures import (
+        DS_ROLES,
+        FAILED,
+        MATH_ROLES,
+        SUCCEEDED,
+        TRAIN,
+        missing_x_test_episode,
+        record,
+    )
+except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from coach_fixtures import DS_ROLES, FAILED, MATH_ROLES, SUCCEEDED, TRAIN, missing_x_test_episode, record  # type: ignore
+
+from mappa_envs.coach import Coach, RuleCoach
+from mappa_envs.records import FileInfo, ToolResult
+
+ALL_DE = [*TRAIN, FileInfo("X_train.pkl", 1), FileInfo("y_train.pkl", 1), FileInfo("X_test.pkl", 1)]
+
+
+def rules_of(coach: RuleCoach, i: int = 0) -> set[str]:
+    return {f.rule for f in coach.last_fired[i]}
+
+
+def test_is_a_coach() -> None:
+    assert isinstance(RuleCoach(), Coach)
+
+
+def test_clean_run_with_all_artifacts_scores_high() -> None:
+    coach = RuleCoach()
+    r = record(
+        "data_engineer", 0, "```python\n...\n```", tool_results=[ToolResult("...", "ok")], after=ALL_DE
+    )
+    [j] = coach.judge([r], DS_ROLES)
+    assert j.score == 9.0 and j.source == "rules"
+    assert rules_of(coach) == {"code_clean", "artifacts_saved"}
+    assert "code_clean +2" in j.rationale and "=> 9" in j.rationale
+
+
+def test_code_error_and_missing_artifact_score_low() -> None:
+    coach = RuleCoach()
+    r = record(
+        "modeler", 1, "x", tool_results=[ToolResult("1/0", error="ZeroDivisionError: division by zero")]
+    )
+    [j] = coach.judge([r], DS_ROLES)
+    assert j.score == 0.0  # 5 - 3 (error) - 2 (model.pkl missing)
+    assert "code_error (ZeroDivisionError: division by zero) -3" in j.rationale
+    assert "artifact_missing (model.pkl) -2" in j.rationale
+
+
+def test_timeout_and_dead_kernel() -> None:
+    coach = RuleCoach()
+    timeout = ToolResult("while True: pass", error="Timeout: cell exceeded 30 s", timed_out=True)
+    died = ToolResult("x = bytearray(10**12)", error="KernelDied: restarted", kernel_restarted=True)
+    coach.judge(
+        [record("modeler", 0, "a", tool_results=[timeout]), record("modeler", 1, "b", tool_results=[died])],
+        DS_ROLES,
+    )
+    assert "code_timeout" in rules_of(coach, 0)
+    assert {"code_error", "kernel_died"} <= rules_of(coach, 1)
+
+
+def test_code_role_without_code_and_empty_or_clipped_answers() -> None:
+    coach = RuleCoach()
+    no_code = record("modeler", 0, "I would train a random forest.")
+    empty = record("solver", 0, "<think>hmm</think>", env_id="math-chat-v0")
+    clipped = record("solver", 1, "long...", env_id="math-chat-v0")
+    clipped.action_clipped = True
+    coach.judge([no_code, empty, clipped], {**DS_ROLES, **MATH_ROLES})
+    assert "no_code" in rules_of(coach, 0)
+    assert "empty_answer" in rules_of(coach, 1)
+    assert "action_clipped" in rules_of(coach, 2)
+
+
+def test_later_turns_of_a_code_role_may_end_without_code() -> None:
+    coach = RuleCoach()
+    coach.judge([record("data_engineer", 2, "All files saved.", turn=2, after=ALL_DE)], DS_ROLES)
+    assert rules_of(coach) == {"artifacts_saved"}
+
+
+def test_artifacts_are_checked_only_when_the_role_ends_its_part() -> None:
+    coach = RuleCoach()
+    mid = record("data_engineer", 0, "x", tool_results=[ToolResult("...", "ok")], ends_turn=False)
+    [j] = coach.judge([mid], DS_ROLES)
+    assert rules_of(coach) == {"code_clean"} and j.score == 7.0
+
+
+def test_artifact_in_a_subfolder_counts() -> None:
+    coach = RuleCoach()
+    after = [*TRAIN, FileInfo("out/model.pkl", 10)]
+    coach.judge([record("modeler", 0, "x", tool_results=[ToolResult("...")], after=after)], DS_ROLES)
+    assert "artifacts_saved" in rules_of(coach)
+
+
+@pytest.mark.parametrize(
+    ("answer", "rule"),
+    [
+        ("So the result is \\boxed{42}.", "answer_boxed"),
+        ("The final answer is 42.", "no_boxed_answer"),
+        ("\\boxed{}", "no_boxed_answer"),
+        ("<think>\\boxed{41}</think>The answer is 42.", "no_boxed_answer"),
+    ],
+)
+def test_boxed_answer_format_for_roles_told_to_box(answer: str, rule: str) -> None:
+    coach = RuleCoach()
+    coach.judge([record("verifier", 2, answer, env_id="math-chat-v0")], MATH_ROLES)
+    assert rule in rules_of(coach)
+    coach.judge([record("solver", 0, "The final answer is 42.", env_id="math-chat-v0")], MATH_ROLES)
+    assert not rules_of(coach) & {"answer_boxed", "no_boxed_answer"}  # the solver was never told to box
+
+
+def test_boxed_roles_can_be_given_explicitly() -> None:
+    coach = RuleCoach(boxed_roles={"solver"})
+    coach.judge([record("solver", 0, "42", env_id="math-chat-v0")], MATH_ROLES)
+    assert "no_boxed_answer" in rules_of(coach)
+
+
+def test_outcome_goes_to_the_final_role_online() -> None:
+    coach = RuleCoach()
+    won = {"success": True, "reward": 1.0, "correct": True}
+    [j] = coach.judge([record("verifier", 2, "\\boxed{4}", env_id="math-chat-v0", outcome=won)], MATH_ROLES)
+    assert {"answer_boxed", "outcome_success"} <= rules_of(coach) and j.score == 9.0
+    lost = {"success": False, "reward": 0.0, "correct": False}
+    [j] = coach.judge([record("verifier", 2, "\\boxed{5}", env_id="math-chat-v0", outcome=lost)], MATH_ROLES)
+    assert "outcome_failure" in rules_of(coach) and j.score == 4.0
+
+
+def test_partial_reward_softens_a_failure() -> None:
+    coach = RuleCoach(final_roles={"analyst"})
+    after = [*TRAIN, FileInfo("submission.csv", 10)]
+    partial = {"success": False, "reward": 0.5}
+    coach.judge(
+        [record("analyst", 0, "x", tool_results=[ToolResult("...")], after=after, outcome=partial)], DS_ROLES
+    )
+    [fired] = [f for f in coach.last_fired[0] if f.rule == "outcome_failure"]
+    assert fired.points == -1.0
+
+
+def test_online_the_crashing_analyst_takes_the_blame() -> None:
+    """Online (the reference's way), the analyst who crashed on the missing file scores lowest."""
+    coach = RuleCoach(hindsight=False)
+    de, mo, an = coach.judge(missing_x_test_episode(), DS_ROLES)
+    assert an.score < de.score and an.score == 0.0
+    assert "code_error" in rules_of(coach, 2) and "outcome_failure" in rules_of(coach, 2)
+    assert "caused_downstream_failure" not in rules_of(coach, 0)
+
+
+def test_hindsight_blames_the_data_engineer_who_forgot_x_test() -> None:
+    """The credit-assignment story: the DE forgot X_test.pkl, so the DE scores lowest and the analyst is excused."""
+    coach = RuleCoach(hindsight=True)
+    de, mo, an = coach.judge(missing_x_test_episode(), DS_ROLES)
+    assert de.score < an.score and de.score < mo.score
+    assert de.score == 2.0 and an.score == 5.0 and mo.score == 8.0
+    assert "caused_downstream_failure" in rules_of(coach, 0) and "artifact_missing" in rules_of(coach, 0)
+    assert "analyst at step 2 failed: X_test.pkl missing" in de.rationale
+    assert rules_of(coach, 2) == {
+        "error_caused_upstream",
+        "artifact_missing_upstream",
+        "outcome_failure_upstream",
+    }
+    assert "X_test.pkl missing, owed by data_engineer" in an.rationale
+    assert rules_of(coach, 1) == {"code_clean", "artifacts_saved", "team_failure"}
+
+
+def test_hindsight_does_not_excuse_a_wrong_path_to_an_existing_file() -> None:
+    ep = missing_x_test_episode()
+    for r in ep[1:]:  # the file was there after all: the analyst's own mistake
+        r.files_before = [*r.files_before, FileInfo("X_test.pkl", 100)]
+    coach = RuleCoach(hindsight=True)
+    coach.judge(ep, DS_ROLES)
+    assert "code_error" in rules_of(coach, 2) and "caused_downstream_failure" not in rules_of(coach, 0)
+
+
+def test_hindsight_does_not_excuse_a_missing_task_input() -> None:
+    ep = missing_x_test_episode()
+    err = "FileNotFoundError: [Errno 2] No such file or directory: 'extra.csv'"
+    ep[2].tool_results = [ToolResult("pd.read_csv('extra.csv')", stderr=err, error=err)]
+    coach = RuleCoach(hindsight=True)
+    coach.judge(ep, DS_ROLES)
+    assert "code_error" in rules_of(coach, 2) and "team_failure" in rules_of(coach, 0)
+
+
+def test_hindsight_team_success_credits_every_role() -> None:
+    ep = missing_x_test_episode(outcome=SUCCEEDED)
+    ep[2].tool_results = [ToolResult("...", "written")]
+    ep[2].files_after = [*ep[2].files_after, FileInfo("submission.csv", 100)]
+    coach = RuleCoach(hindsight=True)
+    coach.judge(ep, DS_ROLES)
+    assert "team_success" in rules_of(coach, 1) and "outcome_success" in rules_of(coach, 2)
+
+
+def test_scores_are_clamped_and_deterministic() -> None:
+    coach = RuleCoach(hindsight=True)
+    ep = missing_x_test_episode(outcome=FAILED)
+    first = coach.judge(ep, DS_ROLES)
+    assert first == coach.judge(ep, DS_ROLES) == asyncio.run(coach.ajudge(ep, DS_ROLES))
+    assert all(0.0 <= j.score <= 10.0 for j in first)
+
+
+def test_unknown_role_is_a_clear_error() -> None:
+    with pytest.raises(KeyError, match="roles given"):
+        RuleCoach().judge([record("nobody", 0)], DS_ROLES)
+
+
+def test_hindsight_reads_coloured_kernel_tracebacks() -> None:
+    ep = missing_x_test_episode()
+    coloured = (
+        "\x1b[0;31mFileNotFoundError\x1b[0m: [Errno 2] No such file or directory: \x1b[1m'X_test.pkl'\x1b[0m"
+    )
+    ep[2].tool_results = [
+        ToolResult("pd.read_pickle('X_test.pkl')", stderr=coloured, error="\x1b[0;31mFileNotFoundError")
+    ]
+    coach = RuleCoach(hindsight=True)
+    coach.judge(ep, DS_ROLES)
+    assert "caused_downstream_failure" in rules_of(coach, 0) and "error_caused_upstream" in rules_of(coach, 2)
