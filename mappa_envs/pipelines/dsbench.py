@@ -113,6 +113,18 @@ ANALYST = Role(
 )
 
 
+# Imports, plus one tiny read/fit/predict/write so first-use costs (scikit-learn's lazy imports, ~30 ms on the first
+# fit) are paid in the warm pool while agents generate, not in the agents' first cells (bench/workspace.py).
+PRELOAD = """import io as _io
+import numpy, pandas, sklearn, sklearn.ensemble, sklearn.linear_model, sklearn.model_selection
+def _warm_up():
+    df = pandas.read_csv(_io.StringIO("a,b,y\\n1,2,0\\n3,4,1\\n5,6,0\\n7,8,1\\n"))
+    model = sklearn.linear_model.LogisticRegression().fit(df[["a", "b"]], df["y"])
+    pandas.DataFrame({"y": model.predict(df[["a", "b"]])}).to_csv(_io.StringIO(), index=False)
+_warm_up()
+del _warm_up, _io"""
+
+
 def render_task(task: Task) -> str:
     return f"# Task: {task.id}\n\n{task.prompt.strip()}"
 
@@ -134,7 +146,7 @@ SPEC = PipelineSpec(
     grade=grade,
     load_tasks=load_dsbench_tasks,
     render_task=render_task,
-    preload="import numpy, pandas, sklearn, sklearn.ensemble, sklearn.linear_model, sklearn.model_selection",
+    preload=PRELOAD,
     kernel_per_role=True,
     coach_context=(
         "A tabular prediction task solved by three agents that pass files through a shared workspace: "
