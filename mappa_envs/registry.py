@@ -4,9 +4,19 @@ Mirrors PettingZoo's (and Gymnasium's) registry conventions: an unversioned id r
 entry points are ``"module:function"`` strings imported only when the env is made, and ``make()`` returns the
 wrapped env while ``raw_env()`` returns the bare one. The stack ``make()`` builds is::
 
-    raw PipelineEnv  →  reward wrapper (outcome | coach)  →  OrderEnforcingWrapper
+    raw PipelineEnv  →  reward wrapper  →  OrderEnforcingWrapper
 
-so anyone can rebuild it by hand with other wrappers.
+where the reward wrapper (:mod:`mappa_envs.coach.wrappers`) is, by ``reward=``:
+
+- ``"coach"`` (default): :class:`~mappa_envs.coach.wrappers.CoachReward` — every action scored 0–10 by the coach
+  (default ``coach="rules"``, the offline rule coach; ``"openai:MODEL"`` for a model behind any OpenAI-compatible
+  server), reward = score / 10, judged in hindsight by default (``hindsight=False`` judges online);
+- ``"outcome"``: :class:`~mappa_envs.coach.wrappers.OutcomeReward` — every agent gets the bare env's terminal
+  outcome reward (the baseline);
+- a weights mapping, e.g. ``{"coach": 0.5, "outcome": 0.5}``: :class:`~mappa_envs.coach.wrappers.MixedReward`.
+
+Anyone can rebuild it by hand with other wrappers, e.g.
+``OrderEnforcingWrapper(CoachReward(raw_env("math-chat"), "rules", when="online"))``.
 """
 
 from __future__ import annotations
@@ -100,14 +110,81 @@ def raw_env(env_id: str, **kwargs: Any):
     return factory(**{**spec.kwargs, **kwargs})
 
 
-def make(env_id: str, reward: str = "outcome", **kwargs: Any):
-    """Build ``env_id`` with its wrapper stack (see the module docstring).
+def make(
+    env_id: str,
+    reward: str | Mapping[Any, float] = "coach",
+    *,
+    coach: Any = "rules",
+    hindsight: bool = True,
+    coach_kwargs: Mapping[str, Any] | None = None,
+    coach_base_url: str | None = None,
+    coach_api_key: str | None = None,
+    coach_fallback: str | float = "error",
+    monitor: Any = None,
+    **kwargs: Any,
+):
+    """Build ``env_id`` with its wrapper stack (see the module docstring); works offline with the defaults.
 
-    ``reward="outcome"`` keeps the bare env's terminal outcome reward for every agent (the baseline); other
-    reward choices come from the coach wrappers. Remaining keyword arguments go to the raw env (``tasks=``,
-    ``cell_timeout_s=``, ...).
+    Args:
+        reward: ``"coach"`` (per-action coach scores / 10; the bare env's outcome reward is replaced),
+            ``"outcome"`` (the bare env's terminal reward for every agent: the baseline), or weights such as
+            ``{"coach": 0.7, "outcome": 0.3}`` (used as given; ``"coach"`` means the ``coach`` argument, other
+            keys may be coach names or instances).
+        coach: ``"rules"`` (offline :class:`~mappa_envs.coach.rules.RuleCoach`, with hindsight blame when
+            ``hindsight``), ``"openai:MODEL"`` (an :class:`~mappa_envs.coach.openai_coach.OpenAICoach`; needs the
+            ``openai`` package) or a ready Coach instance.
+        hindsight: judge the whole episode once its outcome is known (True) or each action right after it
+            (False).
+        coach_kwargs: more arguments for the coach built from a name (``cache_dir=``, ``timeout_s=``, ...).
+        coach_base_url / coach_api_key: the OpenAI-compatible server and key; by default the openai client's own
+            ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
+        coach_fallback: ``"error"`` (a coach that cannot judge raises) or a score in [0, 10] given, counted and
+            marked ``source="fallback"``, to actions the coach could not judge.
+        monitor: a :class:`~mappa_envs.coach.monitor.BiasMonitor` updated at every episode end.
+        **kwargs: go to the raw env (``tasks=``, ``cell_timeout_s=``, ...).
     """
-    if reward != "outcome":
-        raise ValueError(f"reward must be 'outcome', got {reward!r}")
+    from mappa_envs.coach.wrappers import OUTCOME, CoachReward, MixedReward, OutcomeReward, make_coach
+
+    coach_kwargs = dict(coach_kwargs or {})
+    when = "hindsight" if hindsight else "online"
+    uses_coach = reward == "coach" or (isinstance(reward, Mapping) and "coach" in reward)
+    if not uses_coach and (coach_kwargs or coach_base_url is not None or coach_api_key is not None):
+        raise ValueError(
+            "coach_kwargs/coach_base_url/coach_api_key configure the coach, but reward="
+            f"{reward!r} does not use the 'coach' argument"
+        )
+    if reward == "outcome" and monitor is not None:
+        raise ValueError("a bias monitor needs coach rewards; reward='outcome' calls no coach")
     env = raw_env(env_id, **kwargs)
-    return OrderEnforcingWrapper(env)
+    built, owned = None, False
+    if uses_coach:
+        built, owned = make_coach(
+            coach,
+            hindsight=hindsight,
+            base_url=coach_base_url,
+            api_key=coach_api_key,
+            fallback=None if coach_fallback == "error" else coach_fallback,
+            **coach_kwargs,
+        )
+    closes = [built] if owned else []  # a coach built here is closed with the env
+    try:
+        if reward == "coach":
+            wrapped = CoachReward(env, built, when, fallback=coach_fallback, monitor=monitor, owned=closes)
+        elif reward == OUTCOME:
+            wrapped = OutcomeReward(env)
+        elif isinstance(reward, Mapping):
+            weights = {(built if k == "coach" else k): w for k, w in reward.items()}
+            wrapped = MixedReward(
+                env, weights, when=when, fallback=coach_fallback, monitor=monitor, owned=closes
+            )
+        else:
+            raise ValueError(
+                f"reward must be 'coach', 'outcome' or a weights mapping like {{'coach': 0.5, 'outcome': 0.5}}, "
+                f"got {reward!r}"
+            )
+    except BaseException:
+        env.close()
+        if owned and callable(getattr(built, "close", None)):
+            built.close()
+        raise
+    return OrderEnforcingWrapper(wrapped)

@@ -136,3 +136,57 @@ def test_real_model_negotiates_json_object_and_judges(llama_server: str, tmp_pat
         assert [j.source for j in rerun] == ["cache", "cache"]
         assert [j.score for j in rerun] == [j.score for j in judgements]
         assert again.stats.calls == 0
+
+
+def test_real_model_coaches_a_math_chat_episode_through_the_reward_wrapper(
+    llama_server: str, tmp_path: Path
+) -> None:
+    """The whole path: env → CoachReward(hindsight) → OpenAICoach → llama.cpp server → records and rewards."""
+    import mappa_envs
+    from mappa_envs import team_from_replies
+    from mappa_envs.coach import CoachReward
+
+    # A 135M judge sometimes answers outside [0, 10]: those actions get the counted fallback, the rest "llm".
+    coach = OpenAICoach(
+        "smollm2",
+        base_url=llama_server,
+        cache_dir=tmp_path,
+        max_tokens=256,
+        timeout_s=120,
+        max_retries=1,
+        fallback=5.0,
+    )
+    tasks = [{"id": "add", "problem": "What is 7 + 5?", "answer": "12"}]
+    env = CoachReward(mappa_envs.raw_env("math-chat", tasks=tasks, kernel_pool=0), coach, when="hindsight")
+    team = team_from_replies(
+        {
+            "solver": ["7 + 5 = 12, so the answer is \\boxed{12}."],
+            "coder": ["No code needed: 7 + 5 = 12, \\boxed{12}."],
+            "verifier": ["Both agree. Final answer: \\boxed{12}"],
+        }
+    )
+    finals: dict[str, float] = {}
+    try:
+        env.reset(seed=0, options={"task_index": 0})
+        for agent in env.agent_iter():
+            obs, reward, term, trunc, _ = env.last()
+            if term or trunc:
+                finals[agent] = reward
+                env.step(None)
+                continue
+            env.step(team(agent, obs["messages"]))
+        records = env.unwrapped.records
+        assert [r.role for r in records] == ["solver", "coder", "verifier"]
+        assert records[-1].outcome["success"] is True
+        sources = [r.judgement.source for r in records]
+        print("judgements:", [(r.role, r.judgement.score, r.judgement.source) for r in records])
+        assert set(sources) <= {"llm", "fallback"} and "llm" in sources, [r.judgement for r in records]
+        for r in records:
+            assert 0.0 <= r.judgement.score <= 10.0 and r.judgement.rationale
+            assert finals[r.role] == r.judgement.score / 10  # one action each: reward = its score / 10
+        stats = env.stats_dict()
+        assert stats["sources"].get("llm", 0) >= 1 and stats["coach"]["calls"] >= 3
+        assert stats["fallbacks"] == coach.stats.fallbacks == sources.count("fallback")
+    finally:
+        env.close()
+        coach.close()

@@ -46,7 +46,7 @@ def test_raw_env_is_unwrapped_and_make_enforces_order():
 
 
 def _chat(**kw):
-    return mappa_envs.make("math-chat", tasks=ADD_TASKS, **{**FAST, **kw})
+    return mappa_envs.make("math-chat", reward="outcome", tasks=ADD_TASKS, **{**FAST, **kw})
 
 
 def test_right_answer_is_correct_and_every_agent_gets_the_outcome():

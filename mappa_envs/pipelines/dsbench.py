@@ -26,7 +26,9 @@ The bare env pays every agent the **relative score** of ``submission.csv`` at th
 ``max(0, (score − baseline) / (best − baseline))`` with the task's own metric (direction-aware; baseline = the
 sample submission, best = the answers), rows matched by the id column, every target column scored. A missing or
 invalid submission scores 0 with a one-line ``reason``. ``outcome`` (``valid``, ``metric``, ``score``,
-``relative``, ``reason``, ``success``, ``reward``) is in every agent's final info.
+``relative``, ``reason``, ``success``, ``reward``) is in every agent's final info. ``make()`` pays per-action
+coach scores / 10 instead by default (``reward="coach"``, hindsight rule coach: the agent whose missing file
+crashed a later one is blamed); ``reward="outcome"`` keeps the relative score for everyone (see ``docs/COACH.md``).
 
 ### Tasks
 ``tasks=`` takes ``"embedded:train"`` / ``"embedded:eval"`` (generated from data that scikit-learn and friends

@@ -23,8 +23,9 @@ Replies longer than ``max_action_chars`` are clipped with a marker and flagged i
 The bare env pays the graded outcome at the end: 1 to every agent when the last ``\boxed{}`` of the verifier's
 reply equals the task's answer (checked with ``math_verify``), else 0. Every step's receipt is in
 ``infos[agent]["record"]``; when the episode ends each agent's info gets ``outcome``
-(``correct``, ``answer``, ``expected``, ``success``, ``reward``). A coach wrapper (``make(..., reward="coach")``)
-replaces these with per-action scores.
+(``correct``, ``answer``, ``expected``, ``success``, ``reward``). ``make()`` wraps the bare env in a reward
+wrapper: by default the hindsight rule coach (``reward="coach"``: each action earns its coach score / 10, paid when
+the episode ends, replacing the outcome); ``reward="outcome"`` keeps the outcome reward (see ``docs/COACH.md``).
 
 ### Version History
 * v0: initial release.

@@ -21,6 +21,8 @@ The reply as text; ``<think>`` blocks are removed before anyone sees it.
 ### Rewards
 The bare env pays 1 to every agent at the end when the last ``\boxed{}`` of the judge's reply equals the answer
 (``math_verify``), else 0; ``outcome`` in every agent's final info, receipts in ``infos[agent]["record"]``.
+``make()`` pays per-action coach scores / 10 instead by default (``reward="coach"``, hindsight rule coach);
+``reward="outcome"`` keeps the outcome reward (see ``docs/COACH.md``).
 
 ### Version History
 * v0: initial release.
