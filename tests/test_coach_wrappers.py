@@ -268,12 +268,6 @@ def test_hindsight_blames_the_data_engineer_not_the_analyst(ds_raw) -> None:
     assert ds_raw.outcome["reward"] == 0.0 and all(r.judgement is None for r in ds_raw.records)
 
 
-@pytest.mark.xfail(
-    reason="RuleCoach hindsight exempts only the crashing action: the analyst's follow-up action in the same "
-    "slot (no code, ends the turn) is still charged artifact_missing(submission.csv) and outcome_failure, "
-    "although the missing X_test.pkl caused both (mappa_envs/coach/rules.py, `victim` is per step)",
-    strict=False,
-)
 def test_hindsight_does_not_charge_the_analysts_follow_up_for_the_upstream_failure() -> None:
     episode = missing_x_test_episode()
     crash = episode[-1]

@@ -150,7 +150,9 @@ class RuleCoach:
         w = self.weights
         fired: list[Fired] = []
         caused_upstream = [b for b in blames if b.victim_step == r.step]
-        victim = bool(caused_upstream)
+        # a role whose work was broken by a missing upstream artifact stays excused for the rest of its part
+        # (its follow-up "I cannot proceed" reply and the missing submission are the same upstream failure)
+        victim = any(b.victim_role == r.role and b.victim_step <= r.step for b in blames)
         answer = strip_think(r.visible_action or r.action)
 
         if not answer:
@@ -174,7 +176,7 @@ class RuleCoach:
                     fired.append(Fired("code_error", w.code_error, _one_line(first.error)))
                 if any(t.kernel_restarted for t in own):
                     fired.append(Fired("kernel_died", w.kernel_died))
-            else:
+            elif caused_upstream:
                 b = caused_upstream[0]
                 fired.append(Fired("error_caused_upstream", 0.0, f"{b.file} missing, owed by {b.producer}"))
         elif role.runs_code and r.turn == 0:
