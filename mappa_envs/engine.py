@@ -25,6 +25,7 @@ from mappa_envs.tasks import Task, TaskSet
 from mappa_envs.text import python_blocks, strip_think
 from mappa_envs.workspace import CellLimits, Workspace
 from mappa_envs.workspace.kernel import GiB, Wrapper
+from mappa_envs.workspace.sandbox import Policy, Protection, make_wrapper
 
 CLIP_MARKER = "\n[... action clipped at {n} characters ...]"
 
@@ -43,7 +44,13 @@ class PipelineEnv(AECEnv):
         kernel_pool: kernels kept started (and pre-imported) ahead of need; 0 starts one on first use.
         workspace_dir: where episode folders are created (default: the system temp folder).
         keep_workspace: keep each episode's folder after the episode for inspection.
-        kernel_wrapper: turns the kernel command into a sandboxed one (see the sandbox module).
+        kernel_wrapper: turns the kernel command into a sandboxed one (see the sandbox module); given, it replaces
+            the built-in sandbox.
+        sandbox: ``"auto"`` (default) runs agent code in a bubblewrap sandbox where it can, else with the strongest
+            fallback and a one-time warning naming what is not protected; ``"strict"`` refuses to run without
+            bubblewrap; ``"none"`` runs agent code unconfined (trusted code only). See ``docs/SANDBOX.md``.
+        sandbox_policy: the sandbox's resource caps (:class:`~mappa_envs.workspace.sandbox.Policy`); by default
+            memory for the whole sandbox is twice ``cell_memory_gb``.
         render_mode: ``"human"`` prints each action, ``"ansi"`` returns the transcript from ``render()``.
     """
 
@@ -63,6 +70,8 @@ class PipelineEnv(AECEnv):
         workspace_dir: str | Path | None = None,
         keep_workspace: bool = False,
         kernel_wrapper: Wrapper | None = None,
+        sandbox: str = "auto",
+        sandbox_policy: Policy | None = None,
         python: str = sys.executable,
         render_mode: str | None = None,
     ) -> None:
@@ -89,6 +98,15 @@ class PipelineEnv(AECEnv):
             memory_bytes=int(cell_memory_gb * GiB) if cell_memory_gb else None,
             output_bytes=int(cell_output_kb * 1024),
         )
+        self.sandbox: Protection | None = None  # what the agents' code is protected by, in words
+        if spec.runs_code and kernel_wrapper is None:
+            if sandbox_policy is None:
+                memory = 2 * limits.memory_bytes if limits.memory_bytes else None
+                sandbox_policy = Policy(memory_bytes=memory)
+            choice = make_wrapper(sandbox, sandbox_policy)  # type: ignore[arg-type]
+            kernel_wrapper, self.sandbox = choice.wrapper, choice.protection
+        elif kernel_wrapper is not None and sandbox == "strict":
+            raise ValueError("sandbox='strict' cannot vouch for a custom kernel_wrapper; give one of them")
         self.workspace: Workspace | None = (
             Workspace(
                 root=Path(workspace_dir) if workspace_dir else None,

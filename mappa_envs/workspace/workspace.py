@@ -4,6 +4,11 @@ Agents pass work to each other through this folder (``X_train.pkl`` → ``model.
 through the kernel's state across their own turns. The kernel is taken lazily — an episode whose agents never run
 code never starts one — from a warm pool when ``pool_size > 0``. ``close()`` kills the kernel with every process
 it spawned and removes the folder, unless ``keep=True`` (for inspection).
+
+With a sandbox that binds the workspace (``wrapper.binds_workdir``, see :mod:`.sandbox`) the kernel can only
+write to the folder bound when it started: a pooled kernel brings a fresh folder of its own, and when it is
+handed out the episode's files move into that folder, which becomes ``path``. Folders are then made and removed
+by the sandbox (``make_workdir`` / ``remove_workdir``: size-capped where possible).
 """
 
 from __future__ import annotations
@@ -51,7 +56,10 @@ class Workspace:
         """Create a fresh folder ``<root>/<name>-XXXX`` and copy the input files into it under their names."""
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        if self._binds_workdir() and self.pool_size == 0:  # the kernel will start in (and bind) it
+            self.path = self.wrapper.make_workdir(self.root, prefix=f"{name}-")  # type: ignore[union-attr]
+        else:
+            self.path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
         for target, source in files.items():
             dest = self.path / target
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +68,36 @@ class Workspace:
             self._pool().fill()
         return self.path
 
+    def _binds_workdir(self) -> bool:
+        return bool(getattr(self.wrapper, "binds_workdir", False))
+
     def _pool(self):
-        return shared_pool(self.limits, self.preload, self.wrapper, self.python, self.pool_size)
+        key = getattr(self.wrapper, "key", None)
+        if not self._binds_workdir():
+            return shared_pool(self.limits, self.preload, self.wrapper, self.python, self.pool_size, key=key)
+        sandbox, root = self.wrapper, self.root
+        workdirs = (lambda: sandbox.make_workdir(root), sandbox.remove_workdir)  # type: ignore[union-attr]
+        key = (key if key is not None else id(sandbox), str(root))
+        return shared_pool(
+            self.limits, self.preload, self.wrapper, self.python, self.pool_size, key=key, workdirs=workdirs
+        )
+
+    def _move_into(self, folder: Path) -> None:
+        """Move the episode's files into a sandboxed pooled kernel's own folder, which becomes ``path``."""
+        old = self.path
+        assert old is not None
+        if folder != old:
+            for entry in os.listdir(old):
+                shutil.move(str(old / entry), str(folder / entry))
+            self._remove(old, keep=False)
+            self.path = folder
+
+    def _remove(self, path: Path, keep: bool) -> None:
+        remove = getattr(self.wrapper, "remove_workdir", None)
+        if remove is not None:
+            remove(path, keep=keep)
+        elif not keep:
+            shutil.rmtree(path, ignore_errors=True)
 
     @property
     def kernel(self) -> Kernel:
@@ -70,7 +106,10 @@ class Workspace:
         if self._kernel is None:
             if self.pool_size > 0:
                 kernel = self._pool().acquire()
-                kernel.chdir(self.path)
+                if self._binds_workdir() and kernel.cwd is not None:
+                    self._move_into(kernel.cwd)
+                else:
+                    kernel.chdir(self.path)
             else:
                 kernel = Kernel(self.limits, preload=self.preload, wrapper=self.wrapper, python=self.python)
                 kernel.start(cwd=self.path)
@@ -112,6 +151,6 @@ class Workspace:
     def close(self) -> None:
         """Kill the kernel (and all it spawned) and remove the folder unless ``keep``."""
         self.release_kernel()
-        if self.path is not None and not self.keep:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self.path is not None:
+            self._remove(self.path, keep=self.keep)
         self.path = None
