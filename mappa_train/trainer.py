@@ -1,0 +1,287 @@
+"""The training loop: rollout → rewards → advantages → per-role update → held-out eval → log → checkpoint.
+
+Every step is a deterministic function of (config, step, weights): the tasks and env seeds of step ``s`` are drawn
+from ``(seed, s)`` and the sampling RNG is re-seeded from them, so a run killed at any point and resumed from its
+last checkpoint produces the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import mappa_envs
+from mappa_envs.tasks import TaskSet
+from mappa_train import distributed as dist
+from mappa_train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from mappa_train.config import TrainConfig
+from mappa_train.rollout import Episode, episodes_to_samples, run_rollouts
+from mappa_train.runlog import RunLogger
+from mappa_train.types import Sample
+from mappa_train.update import compute_advantages, update_role
+
+
+def filter_tasks(tasks: TaskSet, tags: Sequence[str]) -> TaskSet:
+    """Keep the tasks carrying any of ``tags`` (all of them when ``tags`` is empty)."""
+    if not tags:
+        return tasks
+    kept = [t for t in tasks if any(tag in t.tags for tag in tags)]
+    if not kept:
+        raise ValueError(f"no task in {tasks.name} carries any of the tags {list(tags)}")
+    return TaskSet(kept, name=f"{tasks.name}{list(tags)}")
+
+
+def build_policy(config: TrainConfig, roles: list[str]):
+    from mappa_train.models import load_base
+    from mappa_train.policy import TeamPolicy
+
+    model, tokenizer = load_base(config.model)
+    return TeamPolicy(
+        model,
+        tokenizer,
+        roles,
+        mode=config.mode,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_prompt_tokens=config.max_prompt_tokens,
+    )
+
+
+def episode_metrics(prefix: str, episodes: Sequence[Episode]) -> dict[str, float]:
+    """Success rate, mean outcome reward (a fair mean: failures count at baseline), coach-vs-outcome by tag.
+
+    Success rate and mean outcome reward are summed over all processes of a data-parallel run; the per-tag and
+    coach figures are this process's share.
+    """
+    totals = dist.all_reduce_sum(
+        torch.tensor(
+            [
+                float(len(episodes)),
+                float(sum(e.success for e in episodes)),
+                float(sum(e.outcome.get("reward", 0.0) for e in episodes)),
+            ],
+            dtype=torch.float64,
+        )
+    )
+    n, successes, reward = (float(x) for x in totals)
+    if n == 0:
+        return {}
+    out: dict[str, float] = {
+        f"{prefix}/success_rate": successes / n,
+        f"{prefix}/mean_outcome_reward": reward / n,
+        f"{prefix}/episodes": n,
+    }
+    rewards = [r for e in episodes for r in e.rewards]
+    out[f"{prefix}/mean_action_reward"] = float(np.mean(rewards)) if rewards else 0.0
+    judged = [r.judgement for e in episodes for r in e.records if r.judgement is not None]
+    if judged:
+        out[f"{prefix}/coach_fallback_rate"] = float(np.mean([j.source == "fallback" for j in judged]))
+    by_tag: dict[str, list[Episode]] = defaultdict(list)
+    for e in episodes:
+        for tag in e.task_tags:
+            by_tag[tag].append(e)
+    for tag, eps in sorted(by_tag.items()):
+        out[f"{prefix}_by_tag/{tag}/coach"] = float(np.mean([r for e in eps for r in e.rewards] or [0.0]))
+        out[f"{prefix}_by_tag/{tag}/outcome"] = float(np.mean([e.success for e in eps]))
+    return out
+
+
+class Trainer:
+    """``Trainer(config).fit()`` trains every role of the team; ``evaluate()`` scores the held-out tasks."""
+
+    def __init__(self, config: TrainConfig, policy: Any = None) -> None:
+        self.config = config
+        self.rank, self.world = dist.init()
+        self.out_dir = Path(config.out_dir)
+        probe = mappa_envs.make(config.env, reward="outcome", tasks=config.train_tasks)
+        self.roles = list(probe.unwrapped.possible_agents)
+        self.train_tasks = filter_tasks(probe.unwrapped.tasks, config.task_filter)
+        probe.close()
+        probe = mappa_envs.make(config.env, reward="outcome", tasks=config.eval_tasks)
+        self.eval_tasks = filter_tasks(probe.unwrapped.tasks, config.task_filter)
+        probe.close()
+        torch.manual_seed(config.seed)
+        self.policy = policy if policy is not None else build_policy(config, self.roles)
+        self.optimizers = {
+            role: torch.optim.AdamW(
+                self.policy.trainable_parameters(role), lr=config.lr, weight_decay=config.weight_decay
+            )
+            for role in self.roles
+        }
+        self.step = 0
+        self.episodes_seen = 0
+        self._train_envs: list[Any] = []
+        self._eval_envs: list[Any] = []
+
+    # -- envs ----------------------------------------------------------------------------------------------------
+    def _make_env(self, tasks: TaskSet) -> Any:
+        c = self.config
+        kwargs: dict[str, Any] = {"tasks": tasks, "reward": c.reward, **c.env_kwargs}
+        if c.reward == "coach":
+            kwargs.update(coach=c.coach, hindsight=c.hindsight)
+        return mappa_envs.make(c.env, **kwargs)
+
+    def _envs(self, which: str) -> list[Any]:
+        pool = self._train_envs if which == "train" else self._eval_envs
+        if not pool:
+            tasks = self.train_tasks if which == "train" else self.eval_tasks
+            pool.extend(self._make_env(tasks) for _ in range(self.config.parallel_envs))
+        return pool
+
+    def close(self) -> None:
+        for env in self._train_envs + self._eval_envs:
+            env.close()
+        self._train_envs, self._eval_envs = [], []
+
+    # -- rollouts ------------------------------------------------------------------------------------------------
+    def _train_resets(self, step: int) -> list[dict[str, Any]]:
+        """This process's share of step ``step``'s episodes: tasks and seeds drawn from (seed, step)."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, step])
+        indices = rng.integers(len(self.train_tasks), size=c.episodes_per_step)
+        seeds = rng.integers(2**31, size=c.episodes_per_step)
+        mine = range(self.rank, c.episodes_per_step, self.world)
+        return [{"seed": int(seeds[i]), "options": {"task_index": int(indices[i])}} for i in mine]
+
+    def rollout(self, step: int) -> list[Episode]:
+        torch.manual_seed(self.config.seed * 1_000_003 + step)
+        self.policy.eval()
+        return run_rollouts(
+            self._envs("train"),
+            self.policy,
+            self._train_resets(step),
+            progress=self.config.progress,
+            desc=f"rollout {step}",
+        )
+
+    def evaluate(self) -> tuple[dict[str, float], list[Episode]]:
+        """Play the held-out tasks (greedy by default) and grade them programmatically."""
+        c = self.config
+        n = len(self.eval_tasks) if c.eval_episodes <= 0 else min(c.eval_episodes, len(self.eval_tasks))
+        resets = [{"seed": c.seed + i, "options": {"task_index": i}} for i in range(self.rank, n, self.world)]
+        torch.manual_seed(c.seed)
+        self.policy.eval()
+        with self.policy.sampling(temperature=c.eval_temperature):
+            episodes = run_rollouts(self._envs("eval"), self.policy, resets, progress=c.progress, desc="eval")
+        return episode_metrics("eval", episodes), episodes
+
+    # -- update --------------------------------------------------------------------------------------------------
+    def update(self, samples: list[Sample]) -> dict[str, float]:
+        c = self.config
+        self.policy.train()
+        prepared, adv_stats = compute_advantages(self.policy, samples, c)
+        stats: dict[str, float] = dict(adv_stats)
+        for role in self.roles:
+            idx = [i for i, s in enumerate(samples) if s.role == role]
+            role_stats = update_role(self.policy, self.optimizers[role], role, samples, prepared, idx, c)
+            stats.update({f"{k}/{role}": v for k, v in role_stats.items()})
+        return stats
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "episodes_seen": self.episodes_seen,
+            "optimizers": {r: o.state_dict() for r, o in self.optimizers.items()},
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> Path | None:
+        if not dist.is_main():
+            return None
+        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.policy, self._state())
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Load the latest (or given) checkpoint; False when there is none."""
+        path = path or latest_checkpoint(self.out_dir / "checkpoints")
+        if path is None:
+            return False
+        state = load_trainer_state(path)
+        self.policy.load(path / "policy")
+        for role, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][role])
+        self.step = int(state["step"])
+        self.episodes_seen = int(state["episodes_seen"])
+        set_rng_state(state["rng"])
+        return True
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        c = self.config
+        resumed = self.resume() if resume else False
+        logger = (
+            RunLogger(self.out_dir, resume_step=self.step if resumed else None) if dist.is_main() else None
+        )
+        if logger is not None:
+            (self.out_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        history: dict[str, Any] = {}
+        try:
+            if not resumed:
+                metrics, episodes = self.evaluate()
+                history["before"] = metrics
+                if logger:
+                    logger.log(0, {**metrics, "episodes_seen": 0})
+                    logger.transcripts(0, "eval", episodes)
+            bar = tqdm(
+                range(self.step, c.steps),
+                desc="train",
+                unit="step",
+                disable=not c.progress,
+                initial=self.step,
+                total=c.steps,
+            )
+            for step in bar:
+                started = time.time()
+                episodes = self.rollout(step)
+                samples = episodes_to_samples(episodes)
+                rollout_s = time.time() - started
+                stats = self.update(samples)
+                self.step = step + 1
+                self.episodes_seen += c.episodes_per_step
+                metrics = {**episode_metrics("train", episodes), **stats}
+                for role in self.roles:
+                    rs = [s.reward for s in samples if s.role == role]
+                    metrics[f"reward/{role}"] = float(np.mean(rs)) if rs else math.nan
+                metrics.update(
+                    {
+                        "episodes_seen": self.episodes_seen,
+                        "time/rollout_s": rollout_s,
+                        "time/step_s": time.time() - started,
+                    }
+                )
+                last = self.step == c.steps
+                if last or (c.eval_every and self.step % c.eval_every == 0):
+                    eval_metrics, eval_eps = self.evaluate()
+                    metrics.update(eval_metrics)
+                    if logger:
+                        logger.transcripts(self.step, "eval", eval_eps)
+                if logger:
+                    logger.log(self.step, metrics)
+                    logger.transcripts(self.step, "train", episodes)
+                bar.set_postfix(success=f"{metrics.get('train/success_rate', 0):.2f}")
+                if last or self.step % c.checkpoint_every == 0:
+                    self.save()
+                history["after"] = {k: v for k, v in metrics.items() if k.startswith("eval/")} or history.get(
+                    "after"
+                )
+            if logger:
+                from mappa_train.plots import plot_run
+
+                history["plot"] = str(plot_run(self.out_dir))
+        finally:
+            if logger:
+                logger.close()
+            self.close()
+        return history

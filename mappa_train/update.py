@@ -1,0 +1,201 @@
+"""One policy update from a batch of samples: log-probs → advantages over the whole batch → per-role steps.
+
+Advantages are computed once over the *whole* rollout batch (all roles), because REINFORCE++ normalises over the
+global batch — per role or across roles (``config.normalize_per_role``). Then each role's adapter is updated on its
+own samples with its own optimiser: separate weights per agent. Under ``accelerate launch`` the advantage
+statistics are the local batch's and the gradients are summed across processes with the global token count
+(see :mod:`mappa_train.distributed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mappa_train import distributed as dist
+from mappa_train.algorithms import (
+    group_centered_rewards,
+    loss_mask,
+    masked_mean,
+    outcome_only_advantages,
+    policy_loss,
+    reinforce_pp_advantages,
+)
+from mappa_train.logprobs import pack_samples, token_logprobs
+from mappa_train.types import Sample
+
+LOGPROB_CHUNK = 512
+
+
+@dataclass
+class Prepared:
+    """Per-sample tensors the update needs: old (pre-update) and reference log-probs, advantages."""
+
+    old_logp: list[torch.Tensor]
+    ref_logp: list[torch.Tensor]
+    advantages: list[torch.Tensor]
+
+
+def _temperature(config: Any) -> float:
+    """Log-probs are taken under the sampling distribution (logits / temperature), as the rollouts drew from it."""
+    return config.temperature if config.temperature > 0 else 1.0
+
+
+def _micro_batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _pad(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
+
+
+def _score(model: Any, samples: Sequence[Sample], pad_id: int, device: torch.device, **kw: Any):
+    batch = pack_samples(samples, pad_id, device=device)
+    return batch, token_logprobs(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["prompt_lengths"],
+        batch["completion_mask"],
+        position_ids=batch["position_ids"],
+        chunk_size=LOGPROB_CHUNK,
+        **kw,
+    )
+
+
+@torch.no_grad()
+def _logprobs_by_role(
+    policy: Any, samples: Sequence[Sample], micro: int, reference: bool, temperature: float
+) -> list[torch.Tensor]:
+    """Per-sample log-prob rows under each sample's role (or the reference), no grad."""
+    out: list[torch.Tensor | None] = [None] * len(samples)
+    pad_id = policy.pad_id
+    roles = sorted({s.role for s in samples})
+    for role in roles:
+        idx = [i for i, s in enumerate(samples) if s.role == role]
+        context = policy.reference() if reference else policy.forward_role(role)
+        with context as model:
+            for chunk in _micro_batches(len(idx), micro):
+                rows = [idx[j] for j in chunk]
+                batch, logp = _score(
+                    model, [samples[i] for i in rows], pad_id, policy.device, temperature=temperature
+                )
+                for k, i in enumerate(rows):
+                    out[i] = logp[k, : int(batch["completion_lengths"][k])].cpu()
+    return out  # type: ignore[return-value]
+
+
+def compute_advantages(
+    policy: Any, samples: Sequence[Sample], config: Any
+) -> tuple[Prepared, dict[str, float]]:
+    """Old and reference log-probs for every sample, then the configured advantage estimator over the batch."""
+    temperature = _temperature(config)
+    old = _logprobs_by_role(policy, samples, config.micro_batch, reference=False, temperature=temperature)
+    ref = _logprobs_by_role(policy, samples, config.micro_batch, reference=True, temperature=temperature)
+    mask = _pad([torch.ones(len(s.completion_ids), dtype=torch.bool) for s in samples])
+    old_t, ref_t = _pad(old), _pad(ref)
+    roles = [s.role for s in samples]
+    common = dict(
+        logp=old_t,
+        ref_logp=ref_t,
+        roles=roles,
+        beta=config.kl_beta,
+        gamma=config.gamma,
+        per_role=config.normalize_per_role,
+    )
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+    if config.algorithm == "reinforce_pp":
+        result = reinforce_pp_advantages(rewards, mask, **common)
+    elif config.algorithm == "outcome_only":
+        outcomes = torch.tensor([s.outcome_reward for s in samples], dtype=torch.float32)
+        result = outcome_only_advantages(outcomes, mask, **common)
+    elif config.algorithm == "grpo":  # group baseline (same task, role and turn), then REINFORCE++ shaping
+        centred = group_centered_rewards(rewards, [s.group for s in samples], std_norm=True)
+        result = reinforce_pp_advantages(centred, mask, **common)
+    else:  # validated in TrainConfig; kept for direct callers
+        raise ValueError(f"unknown algorithm {config.algorithm!r}")
+    lengths = [len(s.completion_ids) for s in samples]
+    prepared = Prepared(
+        old_logp=old,
+        ref_logp=ref,
+        advantages=[result.advantages[i, : lengths[i]] for i in range(len(samples))],
+    )
+    stats: dict[str, float] = {}
+    for role in sorted(set(roles)):
+        rows = torch.tensor([r == role for r in roles])
+        m = mask & rows[:, None]
+        stats[f"kl/{role}"] = float(masked_mean(result.kl, m))
+        stats[f"advantage_mean/{role}"] = float(masked_mean(result.advantages, m))
+        stats[f"return_mean/{role}"] = float(masked_mean(result.returns, m))
+    return prepared, stats
+
+
+def update_role(
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    role: str,
+    samples: Sequence[Sample],
+    prepared: Prepared,
+    indices: Sequence[int],
+    config: Any,
+) -> dict[str, float]:
+    """``config.update_epochs`` passes over ``role``'s samples in micro-batches, one optimiser step per pass.
+
+    The loss is a token-level sum divided by the number of loss tokens of this role in the whole (global) batch,
+    so micro-batching and data-parallel sharding do not change it. Truncated actions carry no loss unless
+    ``config.mask_truncated`` is off.
+    """
+    if not indices:
+        return {}
+    rows = [samples[i] for i in indices]
+    truncated = torch.tensor([s.truncated for s in rows])
+    lengths = torch.tensor([len(s.completion_ids) for s in rows])
+    counted = [int(n) for n, t in zip(lengths, truncated, strict=True) if not (t and config.mask_truncated)]
+    local_tokens = float(sum(counted))
+    global_tokens = float(dist.all_reduce_sum(torch.tensor(local_tokens)))
+    params = policy.trainable_parameters(role)
+    totals = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    micro = _micro_batches(len(rows), config.micro_batch)
+    for _ in range(config.update_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        for chunk in micro:
+            part = [rows[j] for j in chunk]
+            with policy.forward_role(role) as model:
+                batch, (logp, entropy) = _score(
+                    model,
+                    part,
+                    policy.pad_id,
+                    policy.device,
+                    with_entropy=True,
+                    temperature=_temperature(config),
+                )
+            cmask = batch["completion_mask"]
+            lmask = loss_mask(cmask, batch["truncated"]) if config.mask_truncated else cmask
+            old = _pad([prepared.old_logp[indices[j]] for j in chunk]).to(logp.device)
+            adv = _pad([prepared.advantages[indices[j]] for j in chunk]).to(logp.device)
+            loss, st = policy_loss(
+                logp,
+                old,
+                adv,
+                lmask,
+                clip_eps=config.clip_eps,
+                kind=config.loss,
+                num_tokens=max(global_tokens, 1.0),
+            )
+            if global_tokens > 0:
+                loss.backward()
+            weight = len(chunk) / len(rows)
+            totals["loss"] += float(loss.detach()) / config.update_epochs
+            totals["clip_frac"] += st["clip_frac"] * weight / config.update_epochs
+            totals["approx_kl"] += st["approx_kl"] * weight / config.update_epochs
+            totals["entropy"] += float(masked_mean(entropy.detach(), cmask)) * weight / config.update_epochs
+        dist.sum_gradients(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        totals["grad_norm"] += float(norm) / config.update_epochs
+        optimizer.step()
+    totals["samples"] = float(len(rows))
+    totals["truncated_frac"] = float(truncated.float().mean())
+    return totals

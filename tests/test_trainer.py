@@ -1,0 +1,225 @@
+"""The trainer end to end on a tiny model: a run, an overfit batch, KL at init, kill-and-resume, accelerate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mappa_train.algorithms import policy_loss
+from mappa_train.config import TrainConfig
+from mappa_train.logprobs import pack_samples, token_logprobs
+from mappa_train.models import tiny_model_and_tokenizer
+from mappa_train.policy import TeamPolicy
+from mappa_train.runlog import read_metrics
+from mappa_train.trainer import Trainer
+from mappa_train.types import Sample
+from mappa_train.update import compute_advantages, update_role
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> TrainConfig:
+    # random tiny models rarely stop on their own: keep truncated actions in the loss so gradients flow
+    return TrainConfig.from_yaml(TINY, [f"out_dir={tmp_path}", "mask_truncated=false", *overrides])
+
+
+def adapter_state(policy: TeamPolicy) -> dict[str, torch.Tensor]:
+    return {
+        f"{r}.{i}": p.detach().clone()
+        for r in policy.roles
+        for i, p in enumerate(policy.trainable_parameters(r))
+    }
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"stpes": 3})
+    with pytest.raises(ValueError, match="algorithm"):
+        TrainConfig.from_dict({}, ["algorithm=ppo2"])
+    assert TrainConfig.from_dict({}, ["steps=7", "task_filter=[level:1]"]).steps == 7
+
+
+def test_tiny_team_trains_two_steps_end_to_end(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    before = adapter_state(trainer.policy)
+    history = trainer.fit()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "eval/success_rate" in rows[0] and "eval/success_rate" in rows[-1]
+    for role in ("solver", "coder", "verifier"):
+        assert f"reward/{role}" in rows[-1] and f"kl/{role}" in rows[-1]
+    assert rows[1]["kl/solver"] == 0.0  # the first update starts from the reference
+    assert (tmp_path / "checkpoints" / "step-000002").is_dir() and (
+        tmp_path / "curves.png"
+    ).stat().st_size > 0
+    assert (tmp_path / "transcripts.jsonl").read_text().count('"split": "train"') == 8
+    after = adapter_state(trainer.policy)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed  # something learned; and exactly the roles that had a gradient moved (separate weights):
+    had_gradient = {role for role in trainer.roles if any(r.get(f"grad_norm/{role}", 0) > 0 for r in rows)}
+    assert changed == had_gradient
+    assert "before" in history and history["plot"].endswith("curves.png")
+
+
+def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
+    prompt = policy.encode_prompt([{"role": "user", "content": "What is 2 + 2?"}])
+    good = tokenizer.encode("The answer is 4.", add_special_tokens=False) + [tokenizer.eos_token_id]
+    bad = tokenizer.encode("I do not know.", add_special_tokens=False) + [tokenizer.eos_token_id]
+    samples = []
+    for completion, reward in [(good, 1.0), (bad, 0.0)] * 2:
+        samples.append(
+            Sample("solver", prompt, completion, [0.0] * len(completion), reward=reward, group="q")
+        )
+    return samples
+
+
+def _mean_logprob(policy: TeamPolicy, samples: list[Sample]) -> torch.Tensor:
+    batch = pack_samples(samples, policy.pad_id)
+    with torch.no_grad(), policy.forward_role("solver") as model:
+        logp = token_logprobs(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["prompt_lengths"],
+            batch["completion_mask"],
+            position_ids=batch["position_ids"],
+        )
+    return (logp * batch["completion_mask"]).sum(1) / batch["completion_mask"].sum(1)
+
+
+def test_fixed_batch_is_overfit_and_kl_is_zero_at_init():
+    torch.manual_seed(0)
+    model, tokenizer = tiny_model_and_tokenizer()
+    policy = TeamPolicy(model, tokenizer, ["solver"], max_new_tokens=8, temperature=1.0)
+    config = TrainConfig.from_dict(
+        {}, ["temperature=1.0", "lr=0.01", "update_epochs=4", "micro_batch=4", "kl_beta=0.01"]
+    )
+    samples = _fixed_batch(policy, tokenizer)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters("solver"), lr=config.lr)
+    prepared, stats = compute_advantages(policy, samples, config)
+    assert stats["kl/solver"] == 0.0
+    start = _mean_logprob(policy, samples)
+
+    def loss_now() -> float:
+        batch = pack_samples(samples, policy.pad_id)
+        with torch.no_grad(), policy.forward_role("solver") as m:
+            logp = token_logprobs(
+                m,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["prompt_lengths"],
+                batch["completion_mask"],
+                position_ids=batch["position_ids"],
+            )
+        old = torch.nn.utils.rnn.pad_sequence(prepared.old_logp, batch_first=True)
+        adv = torch.nn.utils.rnn.pad_sequence(prepared.advantages, batch_first=True)
+        return float(policy_loss(logp, old, adv, batch["completion_mask"], kind="ppo")[0])
+
+    loss_before = loss_now()
+    update_role(policy, optimizer, "solver", samples, prepared, list(range(len(samples))), config)
+    assert loss_now() < loss_before
+    for _ in range(5):
+        prepared, _ = compute_advantages(policy, samples, config)
+        update_role(policy, optimizer, "solver", samples, prepared, list(range(len(samples))), config)
+    end = _mean_logprob(policy, samples)
+    rewarded, unrewarded = torch.tensor([0, 2]), torch.tensor([1, 3])
+    assert (end[rewarded] > start[rewarded]).all()
+    assert (end[rewarded] - start[rewarded]).mean() > (end[unrewarded] - start[unrewarded]).mean()
+    _, stats = compute_advantages(policy, samples, config)
+    assert stats["kl/solver"] != 0.0  # the adapter moved away from the reference
+
+
+def _train_cli(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mappa_train.cli",
+        "train",
+        "--config",
+        str(TINY),
+        f"out_dir={out}",
+        "mask_truncated=false",
+        "steps=4",
+        *extra,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _final_adapters(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    ckpt = sorted((out / "checkpoints").glob("step-*"))[-1]
+    tensors = {}
+    for f in sorted((ckpt / "policy").rglob("*.safetensors")):
+        for k, v in load_file(f).items():
+            tensors[f"{f.parent.name}/{k}"] = v
+    return tensors
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    straight = _train_cli(tmp_path / "straight")
+    out, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, out
+    killed_dir = tmp_path / "killed"
+    proc = _train_cli(killed_dir)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "step-000002").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "checkpoints" / "step-000004").exists()  # it really died mid-run
+    resumed = _train_cli(killed_dir, "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    a, b = _final_adapters(tmp_path / "straight"), _final_adapters(killed_dir)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    steps = [r["step"] for r in read_metrics(killed_dir / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # one row per step, none duplicated by the resume
+
+
+def test_accelerate_launch_with_two_cpu_processes_completes_a_step(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate is not installed")
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "mappa_train.cli",
+        "train",
+        "--config",
+        str(TINY),
+        f"out_dir={tmp_path}",
+        "steps=1",
+        "mask_truncated=false",
+    ]
+    done = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert rows[-1]["step"] == 1 and rows[-1]["train/episodes"] == 4  # 2 processes × 2 episodes each
+    assert (tmp_path / "checkpoints" / "step-000001").is_dir()
