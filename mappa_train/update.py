@@ -91,9 +91,14 @@ def _logprobs_by_role(
 def compute_advantages(
     policy: Any, samples: Sequence[Sample], config: Any
 ) -> tuple[Prepared, dict[str, float]]:
-    """Old and reference log-probs for every sample, then the configured advantage estimator over the batch."""
+    """Reference log-probs for every sample, then the configured advantage estimator over the batch.
+
+    The samples must come from the current weights (on-policy): their behaviour log-probs serve as the old ones.
+    """
     temperature = _temperature(config)
-    old = _logprobs_by_role(policy, samples, config.micro_batch, reference=False, temperature=temperature)
+    # The behaviour log-probs were taken by the same weights under the same temperature while sampling, so they are
+    # the "old" log-probs of the PPO ratio; recomputing them would cost a forward pass over the whole batch.
+    old = [torch.tensor(s.behaviour_logprobs, dtype=torch.float32) for s in samples]
     ref = _logprobs_by_role(policy, samples, config.micro_batch, reference=True, temperature=temperature)
     mask = _pad([torch.ones(len(s.completion_ids), dtype=torch.bool) for s in samples])
     old_t, ref_t = _pad(old), _pad(ref)

@@ -147,3 +147,34 @@ def test_grading_in_worker_threads():
             pool.map(lambda a: grade_math(f"\\boxed{{{a}}}", "0.5")["correct"], ["\\frac{1}{2}", "2"])
         )
     assert results == [True, False]
+
+
+def test_statement_format_is_opt_in():
+    from mappa_envs.grading.math import grade_math
+
+    reply = "5 * 9 = 45\n\nYour final answer is 45."
+    assert grade_math(reply, "45")["correct"] is False  # strict by default: no \boxed{}
+    lenient = grade_math(reply, "45", answer_format="boxed_or_statement")
+    assert lenient["correct"] is True and lenient["answer"] == "45"
+    assert grade_math("The answer is 9. \\boxed{7}", "7", answer_format="boxed_or_statement")[
+        "correct"
+    ]  # box wins
+    assert not grade_math("The answer is 1,000.", "100", answer_format="boxed_or_statement")["correct"]
+    assert grade_math("Answer: 1,000", "1000", answer_format="boxed_or_statement")["correct"]
+    with pytest.raises(ValueError, match="answer_format"):
+        grade_math("x", "1", answer_format="loose")
+
+
+def test_math_chat_answer_format_option_reaches_the_grader():
+    import mappa_envs
+    from mappa_envs import run_episode, team_from_replies
+
+    team = team_from_replies(
+        {"solver": ["hm"], "coder": ["no code"], "verifier": ["So the final answer is 12."]}
+    )
+    tasks = [{"problem": "What is 7 + 5?", "answer": "12"}]
+    for fmt, expected in [("boxed", False), ("boxed_or_statement", True)]:
+        env = mappa_envs.make("math-chat", tasks=tasks, reward="outcome", answer_format=fmt)
+        _, outcome = run_episode(env, team, seed=0)
+        env.close()
+        assert outcome["correct"] is expected

@@ -56,7 +56,7 @@ def test_tiny_team_trains_two_steps_end_to_end(tmp_path):
     assert "eval/success_rate" in rows[0] and "eval/success_rate" in rows[-1]
     for role in ("solver", "coder", "verifier"):
         assert f"reward/{role}" in rows[-1] and f"kl/{role}" in rows[-1]
-    assert rows[1]["kl/solver"] == 0.0  # the first update starts from the reference
+    assert abs(rows[1]["kl/solver"]) < 1e-5  # the first update starts from the reference
     assert (tmp_path / "checkpoints" / "step-000002").is_dir() and (
         tmp_path / "curves.png"
     ).stat().st_size > 0
@@ -79,6 +79,22 @@ def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
             Sample("solver", prompt, completion, [0.0] * len(completion), reward=reward, group="q")
         )
     return samples
+
+
+def _refresh(policy: TeamPolicy, samples: list[Sample]) -> None:
+    """Behaviour log-probs under the current weights, as a fresh on-policy rollout would record them."""
+    batch = pack_samples(samples, policy.pad_id)
+    with torch.no_grad(), policy.forward_role("solver") as model:
+        logp = token_logprobs(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["prompt_lengths"],
+            batch["completion_mask"],
+            position_ids=batch["position_ids"],
+        )
+    for i, s in enumerate(samples):
+        s.behaviour_logprobs = logp[i, : len(s.completion_ids)].tolist()
 
 
 def _mean_logprob(policy: TeamPolicy, samples: list[Sample]) -> torch.Tensor:
@@ -104,8 +120,9 @@ def test_fixed_batch_is_overfit_and_kl_is_zero_at_init():
     )
     samples = _fixed_batch(policy, tokenizer)
     optimizer = torch.optim.AdamW(policy.trainable_parameters("solver"), lr=config.lr)
+    _refresh(policy, samples)
     prepared, stats = compute_advantages(policy, samples, config)
-    assert stats["kl/solver"] == 0.0
+    assert abs(stats["kl/solver"]) < 1e-6
     start = _mean_logprob(policy, samples)
 
     def loss_now() -> float:
@@ -127,14 +144,18 @@ def test_fixed_batch_is_overfit_and_kl_is_zero_at_init():
     update_role(policy, optimizer, "solver", samples, prepared, list(range(len(samples))), config)
     assert loss_now() < loss_before
     for _ in range(5):
+        _refresh(policy, samples)
         prepared, _ = compute_advantages(policy, samples, config)
         update_role(policy, optimizer, "solver", samples, prepared, list(range(len(samples))), config)
     end = _mean_logprob(policy, samples)
     rewarded, unrewarded = torch.tensor([0, 2]), torch.tensor([1, 3])
     assert (end[rewarded] > start[rewarded]).all()
     assert (end[rewarded] - start[rewarded]).mean() > (end[unrewarded] - start[unrewarded]).mean()
+    _refresh(policy, samples)
     _, stats = compute_advantages(policy, samples, config)
-    assert stats["kl/solver"] != 0.0  # the adapter moved away from the reference
+    assert (
+        abs(stats["kl/solver"]) > 1e-3
+    )  # the adapter moved away from the reference (k1 on fixed tokens may be < 0)
 
 
 def _train_cli(out: Path, *extra: str) -> subprocess.Popen:

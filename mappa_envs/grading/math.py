@@ -122,12 +122,33 @@ def _verify(expected: str, answer: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=_timeout()))
 
 
-def grade_math(response: str, expected: Any) -> dict[str, Any]:
+_STATEMENT = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?|\\frac\{[^{}]*\}\{[^{}]*\})",
+    re.IGNORECASE,
+)
+
+
+def extract_statement(text: str) -> str | None:
+    """The number in the last "final answer is N" / "the answer is N" / "Answer: N" of the visible text.
+
+    A *declared* answer format for small models that state answers in words instead of ``\boxed{}`` (the
+    reference's grader falls back the same way); only used when a pipeline opts in with
+    ``answer_format="boxed_or_statement"``.
+    """
+    matches = list(_STATEMENT.finditer(strip_think(text)[-20_000:]))
+    return matches[-1].group(1).replace(",", "") if matches else None
+
+
+def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> dict[str, Any]:
     """Grade a model answer: is its last boxed answer equal to ``expected``?
 
     Returns ``{"correct", "answer", "expected", "success", "reward"}``; ``answer`` is the boxed text (None when
     there is none), ``success`` equals ``correct`` and ``reward`` is 1.0 or 0.0. Never raises on bad input.
+    With ``answer_format="boxed_or_statement"`` a reply without ``\boxed{}`` is graded on its last
+    "the answer is N" statement instead (see :func:`extract_statement`).
     """
+    if answer_format not in ("boxed", "boxed_or_statement"):
+        raise ValueError(f"answer_format must be 'boxed' or 'boxed_or_statement', got {answer_format!r}")
     try:
         expected_s = normalize_expected(expected)
     except (TypeError, ValueError):
@@ -136,6 +157,8 @@ def grade_math(response: str, expected: Any) -> dict[str, Any]:
     answer: str | None = None
     try:
         answer = extract_boxed(response) or None
+        if answer is None and answer_format == "boxed_or_statement":
+            answer = extract_statement(response)
         if answer is not None and expected_s:
             if len(answer) > MAX_ANSWER_CHARS:
                 answer = answer[:MAX_ANSWER_CHARS]

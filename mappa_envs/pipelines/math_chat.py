@@ -27,12 +27,16 @@ reply equals the task's answer (checked with ``math_verify``), else 0. Every ste
 wrapper: by default the hindsight rule coach (``reward="coach"``: each action earns its coach score / 10, paid when
 the episode ends, replacing the outcome); ``reward="outcome"`` keeps the outcome reward (see ``docs/COACH.md``).
 
+``answer_format="boxed_or_statement"`` (a ``make()`` argument) also accepts a final "the answer is N" when the
+verifier wrote no ``\boxed{}``.
+
 ### Version History
 * v0: initial release.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mappa_envs.engine import PipelineEnv
@@ -98,6 +102,15 @@ SPEC = PipelineSpec(
 )
 
 
-def raw_env(**kwargs: Any) -> PipelineEnv:
-    """The bare env: outcome reward for every agent at the end (see the module docstring)."""
-    return PipelineEnv(SPEC, env_id=ENV_ID, **kwargs)
+def raw_env(answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
+    """The bare env: outcome reward for every agent at the end (see the module docstring).
+
+    ``answer_format="boxed_or_statement"`` also grades a final "the answer is N" when the verifier wrote no
+    ``\\boxed{}`` (for small untrained models; the default is the strict ``\\boxed{}`` format).
+    """
+    spec = (
+        SPEC
+        if answer_format == "boxed"
+        else dataclasses.replace(SPEC, grade=grade_last_role("verifier", answer_format))
+    )
+    return PipelineEnv(spec, env_id=ENV_ID, **kwargs)

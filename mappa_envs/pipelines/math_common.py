@@ -15,12 +15,21 @@ def render_problem(task: Task) -> str:
     return f"## Problem\n{task.prompt.strip()}"
 
 
-def grade_last_role(final_role: str):
-    """A grader that checks the last ``\\boxed{}`` of ``final_role``'s last action against the task's answer."""
+ANSWER_FORMATS = ("boxed", "boxed_or_statement")
+
+
+def grade_last_role(final_role: str, answer_format: str = "boxed"):
+    """A grader that checks the last ``\\boxed{}`` of ``final_role``'s last action against the task's answer.
+
+    ``answer_format="boxed_or_statement"`` also accepts a final "the answer is N" when there is no ``\\boxed{}``:
+    small untrained models rarely box, and an outcome-only baseline cannot learn from 0% success.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
 
     def grade(task: Task, records: Sequence[ActionRecord], workspace: Path | None) -> dict[str, Any]:
         finals = [r for r in records if r.role == final_role]
         reply = finals[-1].action if finals else ""
-        return grade_math(reply, task.answer or "")
+        return grade_math(reply, task.answer or "", answer_format=answer_format)
 
     return grade

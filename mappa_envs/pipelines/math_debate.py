@@ -40,7 +40,7 @@ from mappa_envs.pipelines.math_common import grade_last_role, render_problem
 ENV_ID = "math-debate-v0"
 
 
-def make_spec(debaters: int = 3, rounds: int = 2) -> PipelineSpec:
+def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") -> PipelineSpec:
     """The debate pipeline for ``debaters`` agents and ``rounds`` rounds."""
     if debaters < 2:
         raise ValueError(f"a debate needs at least 2 debaters, got {debaters}")
@@ -77,13 +77,13 @@ def make_spec(debaters: int = 3, rounds: int = 2) -> PipelineSpec:
         description=f"{debaters} debaters × {rounds} rounds, then a judge; graded on the judge's final \\boxed{{}}.",
         roles=(*debater_roles, judge),
         schedule=debate(debater_roles, judge, rounds),
-        grade=grade_last_role("judge"),
+        grade=grade_last_role("judge", answer_format),
         load_tasks=load_math_tasks,
         render_task=render_problem,
         coach_context="A maths debate: several debaters argue over rounds, then a judge's answer is graded.",
     )
 
 
-def raw_env(debaters: int = 3, rounds: int = 2, **kwargs: Any) -> PipelineEnv:
+def raw_env(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
     """The bare env: outcome reward for every agent at the end (see the module docstring)."""
-    return PipelineEnv(make_spec(debaters, rounds), env_id=ENV_ID, **kwargs)
+    return PipelineEnv(make_spec(debaters, rounds, answer_format), env_id=ENV_ID, **kwargs)
