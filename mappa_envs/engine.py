@@ -285,7 +285,9 @@ class PipelineEnv(AECEnv):
             self.rewards[a] = float(outcome["reward"])
             self.terminations[a] = True
             self.infos[a] = {**self.infos[a], "outcome": outcome}
-        if self.workspace is not None:  # free the kernel now; the folder stays until reset/close for inspection
+        if (
+            self.workspace is not None
+        ):  # free the kernel now; the folder stays until reset/close for inspection
             self.workspace.release_kernel()
         self.agent_selection = self.agents[0]
         if self.render_mode is not None:

@@ -8,9 +8,9 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import mappa_tasks
 import pytest
 
+import mappa_tasks
 from mappa_envs.grading.math import grade_math
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.taskgen import math_gen
