@@ -158,5 +158,9 @@ SPEC = PipelineSpec(
 
 
 def raw_env(**kwargs: Any) -> PipelineEnv:
-    """The bare env: relative score for every agent at the end (see the module docstring)."""
+    """The bare env: relative score for every agent at the end (see the module docstring).
+
+    Each role gets a fresh kernel, so three warm kernels (``kernel_pool=3``) are kept ready by default.
+    """
+    kwargs.setdefault("kernel_pool", len(SPEC.roles))
     return PipelineEnv(SPEC, env_id=ENV_ID, **kwargs)
