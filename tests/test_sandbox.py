@@ -153,7 +153,11 @@ def test_writing_outside_the_workspace_fails(tmp_path):
         "open(targets[0], 'w').write('x')"
     )
     result = play(env, code)
-    assert "WROTE" not in result.stdout
+    for t in targets[1:]:
+        # under /tmp a write may land in the sandbox's own private tmpfs (a clone living in /tmp): it must not
+        # reach the host, which the last assertion checks; everywhere else it must be refused outright
+        if not str(t).startswith("/tmp/"):
+            assert f"WROTE {t}\n" not in result.stdout
     assert error_of(result).startswith(("FileNotFoundError", "OSError", "PermissionError"))
     assert not any(t.exists() for t in targets)
     assert_next_episode_clean(env)
