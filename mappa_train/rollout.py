@@ -44,6 +44,17 @@ def action_reward(record: ActionRecord) -> float:
     return float((record.outcome or {}).get("reward", 0.0))
 
 
+def _episode_rewards(env: Any, records: list[ActionRecord]) -> list[float]:
+    """Per-action rewards as the env's reward wrapper paid them (so a mixture's weights apply); without such a
+    wrapper, :func:`action_reward` per record."""
+    paid = getattr(env, "action_rewards", None)
+    if callable(paid):
+        rewards = list(paid())
+        if len(rewards) == len(records):
+            return [float(x) for x in rewards]
+    return [action_reward(r) for r in records]
+
+
 def _advance(env: Any) -> tuple[str, list[dict[str, str]]] | None:
     """Step finished agents out; return the pending (agent, messages), or None when the episode is over."""
     while env.agents:
@@ -90,7 +101,7 @@ def run_rollouts(
             outcome=dict(raw.outcome or {}),
             task_id=raw.task.id,
             task_tags=tuple(raw.task.tags),
-            rewards=[action_reward(r) for r in records],
+            rewards=_episode_rewards(envs[slot], records),
         )
         slots[slot] = None
         bar.update(1)
