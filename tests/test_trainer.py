@@ -81,8 +81,8 @@ def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
     return samples
 
 
-def _refresh(policy: TeamPolicy, samples: list[Sample]) -> None:
-    """Behaviour log-probs under the current weights, as a fresh on-policy rollout would record them."""
+def _solver_logprobs(policy: TeamPolicy, samples: list[Sample]) -> tuple[dict, torch.Tensor]:
+    """The batch and its ``[B, T]`` completion log-probs under the solver's current weights."""
     batch = pack_samples(samples, policy.pad_id)
     with torch.no_grad(), policy.forward_role("solver") as model:
         logp = token_logprobs(
@@ -93,21 +93,18 @@ def _refresh(policy: TeamPolicy, samples: list[Sample]) -> None:
             batch["completion_mask"],
             position_ids=batch["position_ids"],
         )
+    return batch, logp
+
+
+def _refresh(policy: TeamPolicy, samples: list[Sample]) -> None:
+    """Behaviour log-probs under the current weights, as a fresh on-policy rollout would record them."""
+    _, logp = _solver_logprobs(policy, samples)
     for i, s in enumerate(samples):
         s.behaviour_logprobs = logp[i, : len(s.completion_ids)].tolist()
 
 
 def _mean_logprob(policy: TeamPolicy, samples: list[Sample]) -> torch.Tensor:
-    batch = pack_samples(samples, policy.pad_id)
-    with torch.no_grad(), policy.forward_role("solver") as model:
-        logp = token_logprobs(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["prompt_lengths"],
-            batch["completion_mask"],
-            position_ids=batch["position_ids"],
-        )
+    batch, logp = _solver_logprobs(policy, samples)
     return (logp * batch["completion_mask"]).sum(1) / batch["completion_mask"].sum(1)
 
 
@@ -126,16 +123,7 @@ def test_fixed_batch_is_overfit_and_kl_is_zero_at_init():
     start = _mean_logprob(policy, samples)
 
     def loss_now() -> float:
-        batch = pack_samples(samples, policy.pad_id)
-        with torch.no_grad(), policy.forward_role("solver") as m:
-            logp = token_logprobs(
-                m,
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["prompt_lengths"],
-                batch["completion_mask"],
-                position_ids=batch["position_ids"],
-            )
+        batch, logp = _solver_logprobs(policy, samples)
         old = torch.nn.utils.rnn.pad_sequence(prepared.old_logp, batch_first=True)
         adv = torch.nn.utils.rnn.pad_sequence(prepared.advantages, batch_first=True)
         return float(policy_loss(logp, old, adv, batch["completion_mask"], kind="ppo")[0])
