@@ -15,7 +15,10 @@ Targets (issue tracker): (a)/(b) <= 0.4 and (a)/(c) <= 1.2.
 Memory: on CUDA the peak is ``torch.cuda.max_memory_allocated`` (tensors only). On CPU, which has no memory stats
 API, it is the process's peak resident set (``ru_maxrss``); the "net" columns subtract the resident set after the
 imports (torch + transformers + peft, before any model exists), which is what the tensors and the allocator
-account for, and the ratios are judged on net peaks (the raw ratio is printed too). ``--steps`` update steps run
+account for, and the ratios are judged on net peaks (the raw ratio is printed too). The children run with a fixed
+glibc mmap threshold (``--malloc fixed``, the default): with glibc's dynamic threshold, freed activation memory
+stays resident and the same arm peaked at 8.1 GiB in one run and 11.0 GiB in another; with the fixed threshold
+peaks repeat to 0.01 GiB and approximate live tensor bytes, at the price of ~20 % slower steps (page faults). ``--steps`` update steps run
 (default 2): AdamW creates its state lazily in the first step, so only from the second step on does a role's
 backward pass run while the other roles' optimiser states exist; the peak is over all steps, the time is the last
 step's.
@@ -50,6 +53,10 @@ ARMS = {  # name: (label, mode, number of roles)
     "b": ("full3", "full", 3),
     "c": ("lora1", "lora", 1),
 }
+# glibc raises its mmap threshold each time a large mmapped block is freed, after which big tensors come from the
+# heap and freed memory stays resident: the peak RSS then depends on the order of frees (we saw 8.1 and 11.0 GiB
+# for the same 1b lora1 arm). A fixed threshold keeps every block >= 128 KiB in its own mapping, returned on free.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 MARGIN = 1.1  # an arm runs only when its estimate x MARGIN fits the budget
 TARGETS = [("a", "b", 0.4), ("a", "c", 1.2)]  # numerator arm, denominator arm, target: ratio <= target
 
@@ -239,12 +246,13 @@ def child(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------- parent
 
 
-def run_arm(spec: dict) -> dict:
+def run_arm(spec: dict, malloc: str = "fixed") -> dict:
+    extra = MALLOC_ENV if malloc == "fixed" else {}
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **extra},
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
@@ -323,6 +331,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--budget-gib", type=float, default=None, help="skip arms estimated above this")
     ap.add_argument("--force", action="store_true", help="run arms even when estimated over the budget")
+    ap.add_argument(
+        "--malloc",
+        default="fixed",
+        choices=["fixed", "default"],
+        help="CPU: fixed glibc mmap threshold (reproducible peaks; steps ~20%% slower from page faults) or glibc's",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -343,7 +357,10 @@ def main() -> None:
     if device == "cuda":
         where = f"{torch.cuda.get_device_name()} (peak = torch.cuda.max_memory_allocated)"
     else:
-        where = f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()} (peak = ru_maxrss)"
+        where = (
+            f"{cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()} (peak = ru_maxrss, "
+            f"malloc {args.malloc}{' mmap threshold 128 KiB' if args.malloc == 'fixed' else ''})"
+        )
     print(f"memory bench, {time.strftime('%Y-%m-%d')}: {where}")
     print(
         f"dtype {dtype}, {actions} actions x {tokens} tokens per role ({tokens // 2} prompt + {tokens // 2} "
@@ -382,7 +399,7 @@ def main() -> None:
                 "tokens": tokens,
                 "steps": args.steps,
             }
-            results[arm] = run_arm(spec)
+            results[arm] = run_arm(spec, args.malloc)
             results[arm]["estimate"] = est
         all_rows.append((shape, results))
         print_table(shape, results, args.quick)
