@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import mappa_envs
 from mappa_envs.engine import run_episode
@@ -43,14 +44,20 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+# Who can play: name -> factory(args, env) returning a team for ``run_episode``. ``mappa_train`` adds "model".
+TEAMS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
+    "scripted": lambda args, env: scripted_team(env.unwrapped.spec.name),
+}
+
+
 def cmd_play(args: argparse.Namespace) -> int:
+    if args.team not in TEAMS:
+        print(f"unknown team {args.team!r}; available: {', '.join(sorted(TEAMS))}", file=sys.stderr)
+        return 2
     kwargs = {"tasks": args.tasks} if args.tasks else {}
     env = mappa_envs.make(args.env, **kwargs)
     spec = env.unwrapped.spec
-    team = scripted_team(spec.name) if args.team == "scripted" else None
-    if team is None:
-        print(f"unknown team {args.team!r}; available: scripted", file=sys.stderr)
-        return 2
+    team = TEAMS[args.team](args, env)
     titles = {r.name: r.title for r in spec.roles}
     successes = 0
     try:
@@ -67,13 +74,19 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mappa", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mappa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help="list the registered environments")
     p.set_defaults(func=cmd_envs)
     p = sub.add_parser("play", help="play episodes and print the transcripts")
     p.add_argument("env", help="env id, e.g. math-chat or math-chat-v0")
-    p.add_argument("--team", default="scripted", help="who plays: 'scripted' (a hand-written team)")
+    p.add_argument(
+        "--team",
+        default="scripted",
+        help="who plays: 'scripted' (a hand-written team) or, with mappa_train installed, 'model' (see --config)",
+    )
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", default=None, help="task source: embedded:train, embedded:eval, or a path")

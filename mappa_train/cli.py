@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mappa_envs import cli as env_cli
 
@@ -34,7 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.rank == 0:
         before = history.get("before", {}).get("eval/success_rate")
         after = (history.get("after") or {}).get("eval/success_rate")
-        print(f"\nheld-out success: before {before} → after {after}")
+        if config.steps == 0:
+            print(f"\nheld-out success of the untrained team: {before}")
+        else:
+            print(f"\nheld-out success: before {before} → after {after}")
         print(
             f"run folder: {config.out_dir} (metrics.jsonl, transcripts.jsonl, curves.png, checkpoints/, tensorboard/)"
         )
@@ -57,10 +61,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_team(args: argparse.Namespace, env: Any):
+    """``mappa play --team model``: the config's model (the embedded one by default) with a checkpoint's adapters.
+
+    Decoding is the config's ``eval_temperature`` (greedy by default), as in held-out evaluation.
+    """
+    from mappa_train.checkpoint import latest_checkpoint
+    from mappa_train.trainer import build_policy
+
+    config = _config(args)
+    roles = list(env.unwrapped.possible_agents)
+    policy = build_policy(config, roles)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None:
+        checkpoint = (
+            latest_checkpoint(checkpoint / "checkpoints") or latest_checkpoint(checkpoint) or checkpoint
+        )
+        if not (checkpoint / "policy").is_dir():
+            raise SystemExit(
+                f"no checkpoint at {args.checkpoint}: pass a run folder or a checkpoints/step-N folder"
+            )
+        policy.load(checkpoint / "policy")
+        print(f"adapters from {checkpoint}")
+    policy.eval()
+
+    def act(agent: str, messages: list[dict]) -> str:
+        with policy.sampling(temperature=config.eval_temperature):
+            return policy.generate(agent, [messages])[0].text
+
+    return act
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = env_cli.build_parser()
     parser.description = __doc__
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    env_cli.TEAMS["model"] = model_team
+    play = sub.choices["play"]
+    play.add_argument(
+        "--config", help="with --team model: YAML config for the model (default: the embedded one)"
+    )
+    play.add_argument("--checkpoint", help="with --team model: a run folder or checkpoints/step-N folder")
+    play.add_argument("overrides", nargs="*", help="with --team model: key=value config overrides")
     p = sub.add_parser("train", help="train a team (REINFORCE++ on per-action rewards by default)")
     p.add_argument("--config", help="YAML config (fields of mappa_train.config.TrainConfig)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
