@@ -54,11 +54,12 @@ class TrainConfig:
     )
     micro_batch: int = 8
     # loop
-    steps: int = 10
+    steps: int = 10  # 0 = evaluate the untrained team only (the "no training" arm of an experiment)
     episodes_per_step: int = 8
     parallel_envs: int = 8  # episodes played in lockstep
     eval_every: int = 5  # steps between held-out evaluations (0 = only before and after)
     eval_episodes: int = 0  # 0 = every eval task once
+    eval_at_start: bool = True  # evaluate before the first step (arms sharing one untrained team may skip it)
     checkpoint_every: int = 1
     seed: int = 0
     out_dir: str = "runs/default"
@@ -99,8 +100,9 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: must be one of {allowed}")
+        if self.steps < 0:
+            raise ValueError(f"config steps must be >= 0 (0 = evaluate only), got {self.steps}")
         for key in (
-            "steps",
             "episodes_per_step",
             "parallel_envs",
             "micro_batch",

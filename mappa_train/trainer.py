@@ -228,7 +228,7 @@ class Trainer:
             (self.out_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
         history: dict[str, Any] = {}
         try:
-            if not resumed:
+            if not resumed and (c.eval_at_start or c.steps == 0):
                 metrics, episodes = self.evaluate()
                 history["before"] = metrics
                 if logger:

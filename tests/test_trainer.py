@@ -69,6 +69,24 @@ def test_tiny_team_trains_two_steps_end_to_end(tmp_path):
     assert "before" in history and history["plot"].endswith("curves.png")
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    config = TrainConfig.from_yaml(path)  # unknown keys and bad values raise
+    assert config.out_dir.startswith("runs/")  # runs/ is git-ignored
+
+
+def test_steps_zero_only_evaluates_and_eval_at_start_can_be_skipped(tmp_path):
+    history = Trainer(tiny_config(tmp_path / "untrained", "steps=0")).fit()
+    rows = read_metrics(tmp_path / "untrained" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0] and "eval/success_rate" in rows[0]
+    assert "before" in history and not (tmp_path / "untrained" / "checkpoints").exists()
+    Trainer(tiny_config(tmp_path / "trained", "steps=1", "eval_at_start=false")).fit()
+    rows = read_metrics(tmp_path / "trained" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1] and "eval/success_rate" in rows[0]
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        TrainConfig.from_dict({}, ["steps=-1"])
+
+
 def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
     prompt = policy.encode_prompt([{"role": "user", "content": "What is 2 + 2?"}])
     good = tokenizer.encode("The answer is 4.", add_special_tokens=False) + [tokenizer.eos_token_id]
