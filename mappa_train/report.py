@@ -1,0 +1,179 @@
+"""Compare the arms of an experiment (coach vs outcome-only vs no training) from their ``metrics.jsonl``.
+
+The arms of ``configs/<env>-*.yaml`` skip their own step-0 evaluation (``eval_at_start: false``): with greedy
+decoding, the same seeds and adapters that start as the identity, it is the same evaluation for every arm, so the
+``untrained`` run measures it once and it is prepended to every arm's curve here.
+
+    python -m mappa_train.report --untrained runs/math-untrained --outcome runs/math-outcome \\
+        runs/math-coach-hindsight runs/math-coach-online --out docs/results/math
+
+prints a Markdown table (held-out success and mean outcome reward per evaluation, lift over the untrained team,
+rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
+``<out>-roles.png`` and ``<out>-by-tag.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mappa_train.runlog import read_metrics  # noqa: E402
+
+SUCCESS = "eval/success_rate"
+OUTCOME = "eval/mean_outcome_reward"
+
+
+@dataclass
+class Arm:
+    """One run's held-out curve (training episodes → metric) and its training rows."""
+
+    name: str
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (episodes seen, eval metrics)
+    rows: list[dict] = field(default_factory=list)
+
+    def curve(self, key: str = SUCCESS) -> list[tuple[int, float]]:
+        return [(n, m[key]) for n, m in self.evals if key in m]
+
+    @property
+    def final(self) -> float:
+        curve = self.curve()
+        return curve[-1][1] if curve else math.nan
+
+
+def load_arm(run_dir: Path, untrained: Arm | None = None) -> Arm:
+    """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    arm = Arm(run_dir.name, rows=[r for r in rows if r.get("step", 0) > 0])
+    for row in rows:
+        metrics = {k: v for k, v in row.items() if k.startswith("eval")}
+        if SUCCESS in metrics:
+            arm.evals.append((int(row.get("episodes_seen", 0)), metrics))
+    if untrained is not None and untrained.evals and (not arm.evals or arm.evals[0][0] > 0):
+        arm.evals.insert(0, untrained.evals[0])
+    return arm
+
+
+def rollouts_to_reach(arm: Arm, target: float) -> int | None:
+    """Training episodes at the first evaluation where the arm's success is at least ``target`` (None: never)."""
+    for n, value in arm.curve():
+        if value >= target - 1e-9:
+            return n
+    return None
+
+
+def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> str:
+    """Markdown: per arm, success (and mean outcome reward) at each evaluation, final lift, rollouts to target."""
+    base = untrained.final
+    target = outcome.final if outcome is not None else math.nan
+    points = sorted({n for arm in arms for n, _ in arm.curve()})
+    head = ["arm", *[f"success @ {n} ep." for n in points], "final outcome reward", "lift (points)"]
+    if outcome is not None:
+        head.append(f"episodes to reach outcome-only's final ({target:.3f})")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        by_n = dict(arm.curve())
+        cells = [arm.name, *[f"{by_n[n]:.3f}" if n in by_n else "" for n in points]]
+        rewards = arm.curve(OUTCOME)
+        cells.append(f"{rewards[-1][1]:.3f}" if rewards else "")
+        cells.append(f"{100 * (arm.final - base):+.1f}")
+        if outcome is not None:
+            reached = rollouts_to_reach(arm, target)
+            final_n = outcome.curve()[-1][0] if outcome.curve() else 0
+            ratio = f" ({reached / final_n:.2f}×)" if reached is not None and final_n else ""
+            cells.append("never" if reached is None else f"{reached}{ratio}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def by_tag_table(arms: Sequence[Arm]) -> str:
+    """Markdown: at each arm's last evaluation, mean coach reward vs outcome (success) per task tag."""
+    lines = []
+    for arm in arms:
+        if not arm.evals:
+            continue
+        n, metrics = arm.evals[-1]
+        tags = sorted({k.split("/")[1] for k in metrics if k.startswith("eval_by_tag/")})
+        lines += [
+            f"### {arm.name} (after {n} training episodes)",
+            "",
+            "| tag | coach | outcome |",
+            "|---|---|---|",
+        ]
+        for tag in tags:
+            coach = metrics.get(f"eval_by_tag/{tag}/coach", math.nan)
+            out = metrics.get(f"eval_by_tag/{tag}/outcome", math.nan)
+            lines.append(f"| {tag} | {coach:.3f} | {out:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_success(arms: Sequence[Arm], out: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for arm in arms:
+        for ax, key in zip(axes, (SUCCESS, OUTCOME), strict=True):
+            curve = arm.curve(key)
+            if curve:
+                ax.plot(*zip(*curve, strict=True), marker="o", label=arm.name)
+    axes[0].set(title="Held-out success", xlabel="training episodes (rollouts)", ylim=(-0.02, 1.02))
+    axes[1].set(title="Held-out mean outcome reward", xlabel="training episodes (rollouts)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_roles(arms: Sequence[Arm], out: Path) -> Path:
+    """Per-role mean training reward per arm (one panel per arm; rewards differ in scale between arms)."""
+    trained = [a for a in arms if a.rows]
+    fig, axes = plt.subplots(1, max(len(trained), 1), figsize=(5 * max(len(trained), 1), 4), squeeze=False)
+    for ax, arm in zip(axes[0], trained, strict=False):
+        roles = sorted({k.split("/")[1] for r in arm.rows for k in r if k.startswith("reward/")})
+        for role in roles:
+            pts = [(r["episodes_seen"], r[f"reward/{role}"]) for r in arm.rows if f"reward/{role}" in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker=".", label=role)
+        ax.set(title=f"{arm.name}: mean action reward per role", xlabel="training episodes")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="*", type=Path, help="the trained arms' run folders")
+    parser.add_argument("--untrained", type=Path, required=True, help="the steps: 0 run (step-0 evaluation)")
+    parser.add_argument("--outcome", type=Path, help="the outcome-only arm (the target to reach)")
+    parser.add_argument("--out", type=Path, help="prefix for the plots and the by-tag table")
+    args = parser.parse_args(argv)
+    untrained = load_arm(args.untrained)
+    if not untrained.evals:
+        parser.error(f"{args.untrained}/metrics.jsonl has no evaluation: run its config with steps: 0 first")
+    outcome = load_arm(args.outcome, untrained) if args.outcome else None
+    arms = [untrained, *[load_arm(r, untrained) for r in args.runs], *([outcome] if outcome else [])]
+    print(summary_table(arms, untrained, outcome))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        print(plot_success(arms, args.out.with_name(args.out.name + "-success.png")))
+        print(plot_roles(arms, args.out.with_name(args.out.name + "-roles.png")))
+        path = args.out.with_name(args.out.name + "-by-tag.md")
+        path.write_text(by_tag_table(arms))
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

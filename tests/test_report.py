@@ -1,0 +1,75 @@
+"""The experiment report: step-0 sharing, rollouts-to-target, lift, and the files it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mappa_train.report import load_arm, main, rollouts_to_reach, summary_table
+
+
+def _run(root: Path, name: str, rows: list[dict]) -> Path:
+    run = root / name
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def _eval(step: int, seen: int, success: float, **extra: float) -> dict:
+    return {
+        "step": step,
+        "episodes_seen": seen,
+        "eval/success_rate": success,
+        "eval/mean_outcome_reward": success,
+        **extra,
+    }
+
+
+def _arms(tmp_path: Path) -> tuple[Path, Path, Path]:
+    untrained = _run(tmp_path, "untrained", [_eval(0, 0, 0.10, **{"eval_by_tag/level:1/coach": 0.3})])
+    train = {"reward/solver": 0.4, "reward/verifier": 0.2}
+    outcome = _run(
+        tmp_path,
+        "outcome",
+        [{"step": 1, "episodes_seen": 20, **train}, _eval(2, 40, 0.15, **train), _eval(4, 80, 0.20, **train)],
+    )
+    coach = _run(tmp_path, "coach", [_eval(2, 40, 0.25, **train), _eval(4, 80, 0.35, **train)])
+    return untrained, outcome, coach
+
+
+def test_arms_share_the_untrained_step_zero_and_reach_the_target(tmp_path):
+    untrained_dir, outcome_dir, coach_dir = _arms(tmp_path)
+    untrained = load_arm(untrained_dir)
+    outcome, coach = load_arm(outcome_dir, untrained), load_arm(coach_dir, untrained)
+    assert coach.curve() == [(0, 0.10), (40, 0.25), (80, 0.35)]
+    assert len(outcome.rows) == 3 and outcome.final == 0.20
+    assert rollouts_to_reach(coach, outcome.final) == 40
+    assert rollouts_to_reach(outcome, outcome.final) == 80
+    assert rollouts_to_reach(untrained, outcome.final) is None
+    table = summary_table([untrained, coach, outcome], untrained, outcome)
+    coach_line = next(line for line in table.splitlines() if line.startswith("| coach"))
+    assert "+25.0" in coach_line and "40 (0.50×)" in coach_line
+    assert "never" in next(line for line in table.splitlines() if line.startswith("| untrained"))
+
+
+def test_main_writes_plots_and_the_by_tag_table(tmp_path, capsys):
+    untrained_dir, outcome_dir, coach_dir = _arms(tmp_path)
+    out = tmp_path / "docs" / "math"
+    assert (
+        main(
+            [
+                str(coach_dir),
+                "--untrained",
+                str(untrained_dir),
+                "--outcome",
+                str(outcome_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "docs" / "math-success.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "math-roles.png").stat().st_size > 0
+    assert "| level:1 | 0.300 |" in (tmp_path / "docs" / "math-by-tag.md").read_text()
+    assert "| coach |" in capsys.readouterr().out
