@@ -214,7 +214,10 @@ class TeamPolicy:
 
     @property
     def device(self) -> torch.device:
-        return next(self._model_for(self.roles[0]).parameters()).device
+        # Never via _model_for: selecting an adapter here would switch the active LoRA adapter under a caller that
+        # already selected its role (the update would then run, and train, the first role's adapter).
+        model = self.model if self.mode == "lora" else self.models[self.roles[0]]
+        return next(model.parameters()).device
 
     def _check_role(self, role: str) -> None:
         if role not in self.roles:

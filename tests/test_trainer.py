@@ -164,6 +164,44 @@ def test_fixed_batch_is_overfit_and_kl_is_zero_at_init():
     )  # the adapter moved away from the reference (k1 on fixed tokens may be < 0)
 
 
+def test_each_role_update_trains_its_own_adapter_and_only_it():
+    """Regression: reading ``policy.device`` used to re-select the first role's adapter, so every role's update ran
+    (and trained) the solver's adapter while the coder's and verifier's never got a gradient."""
+    torch.manual_seed(0)
+    model, tokenizer = tiny_model_and_tokenizer()
+    roles = ["solver", "coder", "verifier"]
+    policy = TeamPolicy(model, tokenizer, roles, max_new_tokens=8, temperature=1.0)
+    config = TrainConfig.from_dict(
+        {}, ["temperature=1.0", "lr=0.01", "micro_batch=4", "mask_truncated=false"]
+    )
+    samples = []
+    for role in roles:
+        for s in _fixed_batch(policy, tokenizer):
+            s.role = role
+            samples.append(s)
+    with torch.no_grad():
+        for role in roles:  # behaviour log-probs under each role's own (still identical) adapter
+            rows = [s for s in samples if s.role == role]
+            logps = policy.logprobs(role, [s.prompt_ids for s in rows], [s.completion_ids for s in rows])
+            for s, lp in zip(rows, logps, strict=True):
+                s.behaviour_logprobs = lp.tolist()
+    prepared, _ = compute_advantages(policy, samples, config)
+    optimizers = {r: torch.optim.AdamW(policy.trainable_parameters(r), lr=config.lr) for r in roles}
+    for role in roles:
+        before = adapter_state(policy)
+        idx = [i for i, s in enumerate(samples) if s.role == role]
+        stats = update_role(policy, optimizers[role], role, samples, prepared, idx, config)
+        assert stats["grad_norm"] > 0, role
+        after = adapter_state(policy)
+        moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+        assert moved == {role}
+    with torch.no_grad():  # each role's rewarded completion gained log-prob under its own adapter
+        for role in roles:
+            good = samples[roles.index(role) * 4]
+            (lp_good,) = policy.logprobs(role, [good.prompt_ids], [good.completion_ids])
+            assert lp_good.mean() > torch.tensor(good.behaviour_logprobs).mean(), role
+
+
 def _train_cli(out: Path, *extra: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
