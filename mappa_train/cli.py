@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if config.steps == 0:
             print(f"\nheld-out success of the untrained team: {before}")
         else:
-            print(f"\nheld-out success: before {before} → after {after}")
+            shown = "not evaluated (eval_at_start: false)" if before is None else before
+            print(f"\nheld-out success: before {shown} → after {after}")
         print(
             f"run folder: {config.out_dir} (metrics.jsonl, transcripts.jsonl, curves.png, checkpoints/, tensorboard/)"
         )
