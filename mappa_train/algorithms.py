@@ -206,14 +206,21 @@ def normalize_advantages(
     groups: Sequence[Hashable] | None = None,
     std_norm: bool = True,
     eps: float = 1e-8,
+    std_floor: float = 0.0,
 ) -> torch.Tensor:
-    """REINFORCE++ global batch normalisation: ``A_t = (G_t − μ) / σ``, ``[B, T]``.
+    """REINFORCE++ global batch normalisation: ``A_t = (G_t − μ) / max(σ, std_floor)``, ``[B, T]``.
 
     μ and σ² are the mean and population variance over ALL unmasked tokens of the batch (token-level, not
     per-sequence: an action of 300 tokens weighs 300 times one of 1 token). With ``groups`` (``B`` keys, e.g. each
     row's role) they are taken over all unmasked tokens of the rows sharing a key, so each role is normalised
     over its own batch; ``None`` pools every row (across roles). σ² is floored at ``eps``; ``std_norm=False``
     only subtracts μ. Masked outputs are 0.
+
+    ``std_floor`` (in return units): when a role's rewards are all equal (a coach giving every verifier action
+    the same score, or 0% success under outcome rewards), the returns differ only by the −β·KL shaping, and
+    dividing by their tiny σ turns that noise into unit-size advantages — full-size updates in random
+    directions (measured in docs/RESULTS.md). With a floor such a batch keeps advantages of its true, small size.
+    0 (the default) is REINFORCE++ as published.
 
     Why token-level: the loss (:func:`policy_loss`) is a mean over tokens, so centring over tokens makes the
     advantages that the loss actually sees sum to zero — the baseline the loss needs — and it is exactly what
@@ -225,7 +232,7 @@ def normalize_advantages(
         mean = masked_mean(returns, maskf)
         var = masked_mean((returns - mean) ** 2, maskf)
         centred = returns - mean
-        scale = var.clamp(min=eps).rsqrt() if std_norm else torch.ones_like(var)
+        scale = var.clamp(min=max(eps, std_floor**2)).rsqrt() if std_norm else torch.ones_like(var)
         return centred * scale * maskf
     if len(groups) != returns.size(0):
         raise ValueError(f"{len(groups)} group keys for {returns.size(0)} rows")
@@ -240,7 +247,7 @@ def normalize_advantages(
     centred = returns - group_mean[index][:, None]
     row_sq = (centred**2 * maskf).sum(dim=1)
     group_var = torch.zeros_like(group_sum).index_add_(0, index, row_sq) / group_count.clamp(min=1e-8)
-    scale = group_var.clamp(min=eps).rsqrt() if std_norm else torch.ones_like(group_var)
+    scale = group_var.clamp(min=max(eps, std_floor**2)).rsqrt() if std_norm else torch.ones_like(group_var)
     return centred * scale[index][:, None] * maskf
 
 
@@ -265,6 +272,7 @@ def reinforce_pp_advantages(
     kl_kind: KLKind = "k1",
     per_role: bool = True,
     std_norm: bool = True,
+    std_floor: float = 0.0,
 ) -> Advantages:
     """REINFORCE++ advantages for a batch of actions: KL-shaped token rewards → returns → batch normalisation.
 
@@ -285,7 +293,7 @@ def reinforce_pp_advantages(
     if per_role and roles is None:
         raise ValueError("per_role=True needs the role of every row")
     advantages = normalize_advantages(
-        returns, completion_mask, roles if per_role else None, std_norm=std_norm
+        returns, completion_mask, roles if per_role else None, std_norm=std_norm, std_floor=std_floor
     )
     return Advantages(advantages, returns, shaped, kl)
 
@@ -302,6 +310,7 @@ def outcome_only_advantages(
     kl_kind: KLKind = "k1",
     per_role: bool = True,
     std_norm: bool = True,
+    std_floor: float = 0.0,
 ) -> Advantages:
     """The paper's outcome-only baseline: every action of an episode gets the episode's outcome as its reward.
 
@@ -324,6 +333,7 @@ def outcome_only_advantages(
         kl_kind=kl_kind,
         per_role=per_role,
         std_norm=std_norm,
+        std_floor=std_floor,
     )
 
 

@@ -110,6 +110,7 @@ def compute_advantages(
         beta=config.kl_beta,
         gamma=config.gamma,
         per_role=config.normalize_per_role,
+        std_floor=config.adv_std_floor,
     )
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     if config.algorithm == "reinforce_pp":

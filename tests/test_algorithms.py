@@ -155,6 +155,29 @@ def test_normalize_per_role():
         normalize_advantages(ret, torch.ones(3, 2), groups=["x", "y"])
 
 
+def test_std_floor_keeps_small_deviations_small():
+    # row 0: deviations (-1/30, 1/60, 1/60), sigma 0.0236 < 0.1 -> divided by 0.1; row 1: +-0.01 / 0.1
+    floored = normalize_advantages(RETURNS, MASK, groups=["solver", "coder"], std_floor=0.1)
+    close(floored, [[-1 / 3, 1 / 6, 1 / 6], [0.1, -0.1, 0.0]], atol=1e-5)
+    # a floor below sigma changes nothing
+    close(
+        normalize_advantages(RETURNS, MASK, groups=["solver", "coder"], std_floor=0.001), PER_ROLE, atol=1e-4
+    )
+
+
+def test_equal_rewards_give_whitened_kl_noise_unless_floored():
+    """Every action of the role scored the same: only the KL shaping differs between tokens."""
+    torch.manual_seed(0)
+    mask = torch.ones(8, 16)
+    logp = torch.randn(8, 16) * 0.05 - 2.0
+    ref = logp + torch.randn(8, 16) * 0.05  # a policy a little away from the reference
+    rewards = torch.full((8,), 0.1)
+    plain = reinforce_pp_advantages(rewards, mask, logp, ref, ["verifier"] * 8, beta=0.01)
+    floored = reinforce_pp_advantages(rewards, mask, logp, ref, ["verifier"] * 8, beta=0.01, std_floor=0.05)
+    assert plain.advantages.std() > 0.9  # unit-size advantages out of ~1e-3 differences in return
+    assert floored.advantages.abs().max() < 0.1
+
+
 def test_reinforce_pp_composes_the_pieces():
     got = reinforce_pp_advantages(REWARDS, MASK, LOGP, REF, ["solver", "coder"], beta=BETA, per_role=False)
     close(got.kl, [[0.5, 0.0, 0.2], [-0.2, -0.2, 0.0]])
