@@ -29,6 +29,7 @@ from mappa_train.runlog import read_metrics  # noqa: E402
 
 SUCCESS = "eval/success_rate"
 OUTCOME = "eval/mean_outcome_reward"
+COACH = "eval/mean_action_reward"  # mean per-action reward on the held-out episodes (coach score / 10)
 
 
 @dataclass
@@ -74,7 +75,13 @@ def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> s
     base = untrained.final
     target = outcome.final if outcome is not None else math.nan
     points = sorted({n for arm in arms for n, _ in arm.curve()})
-    head = ["arm", *[f"success @ {n} ep." for n in points], "final outcome reward", "lift (points)"]
+    head = [
+        "arm",
+        *[f"success @ {n} ep." for n in points],
+        "final outcome reward",
+        "final coach score / 10",
+        "lift (points)",
+    ]
     if outcome is not None:
         head.append(f"episodes to reach outcome-only's final ({target:.3f})")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -83,6 +90,8 @@ def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> s
         cells = [arm.name, *[f"{by_n[n]:.3f}" if n in by_n else "" for n in points]]
         rewards = arm.curve(OUTCOME)
         cells.append(f"{rewards[-1][1]:.3f}" if rewards else "")
+        coach = arm.curve(COACH)
+        cells.append(f"{coach[-1][1]:.3f}" if coach else "")
         cells.append(f"{100 * (arm.final - base):+.1f}")
         if outcome is not None:
             reached = rollouts_to_reach(arm, target)
