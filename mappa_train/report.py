@@ -15,6 +15,7 @@ rollouts each arm needed to reach the outcome-only arm's final success) and writ
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class Arm:
     """One run's held-out curve (training episodes → metric) and its training rows."""
 
     name: str
+    reward: str = (
+        "coach"  # the run's reward source: eval/mean_action_reward is a coach score only for "coach"
+    )
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (episodes seen, eval metrics)
     rows: list[dict] = field(default_factory=list)
 
@@ -52,7 +56,9 @@ class Arm:
 def load_arm(run_dir: Path, untrained: Arm | None = None) -> Arm:
     """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own."""
     rows = read_metrics(run_dir / "metrics.jsonl")
-    arm = Arm(run_dir.name, rows=[r for r in rows if r.get("step", 0) > 0])
+    config = run_dir / "config.json"
+    reward = json.loads(config.read_text()).get("reward", "coach") if config.exists() else "coach"
+    arm = Arm(run_dir.name, reward=reward, rows=[r for r in rows if r.get("step", 0) > 0])
     for row in rows:
         metrics = {k: v for k, v in row.items() if k.startswith("eval")}
         if SUCCESS in metrics:
@@ -90,8 +96,8 @@ def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> s
         cells = [arm.name, *[f"{by_n[n]:.3f}" if n in by_n else "" for n in points]]
         rewards = arm.curve(OUTCOME)
         cells.append(f"{rewards[-1][1]:.3f}" if rewards else "")
-        coach = arm.curve(COACH)
-        cells.append(f"{coach[-1][1]:.3f}" if coach else "")
+        coach = arm.curve(COACH) if arm.reward == "coach" else []
+        cells.append(f"{coach[-1][1]:.3f}" if coach else "n/a")
         cells.append(f"{100 * (arm.final - base):+.1f}")
         if outcome is not None:
             reached = rollouts_to_reach(arm, target)
