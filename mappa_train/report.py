@@ -116,10 +116,11 @@ def by_tag_table(arms: Sequence[Arm]) -> str:
             continue
         n, metrics = arm.evals[-1]
         tags = sorted({k.split("/")[1] for k in metrics if k.startswith("eval_by_tag/")})
+        reward = "coach score / 10" if arm.reward == "coach" else f"action reward ({arm.reward})"
         lines += [
             f"### {arm.name} (after {n} training episodes)",
             "",
-            "| tag | coach | outcome |",
+            f"| tag | mean {reward} | success |",
             "|---|---|---|",
         ]
         for tag in tags:
