@@ -103,7 +103,12 @@ def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> s
             reached = rollouts_to_reach(arm, target)
             final_n = outcome.curve()[-1][0] if outcome.curve() else 0
             ratio = f" ({reached / final_n:.2f}×)" if reached is not None and final_n else ""
-            cells.append("never" if reached is None else f"{reached}{ratio}")
+            if reached is None:
+                cells.append("never")
+            elif reached == 0:
+                cells.append("at start (the target is not above the untrained team)")
+            else:
+                cells.append(f"{reached}{ratio}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
