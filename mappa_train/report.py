@@ -138,12 +138,17 @@ def by_tag_table(arms: Sequence[Arm]) -> str:
 
 def plot_success(arms: Sequence[Arm], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for arm in arms:
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
+    for i, arm in enumerate(arms):
+        marker, line = styles[i % len(styles)]
         for ax, key in zip(axes, (SUCCESS, OUTCOME), strict=True):
             curve = arm.curve(key)
-            if curve:
-                ax.plot(*zip(*curve, strict=True), marker="o", label=arm.name)
-    axes[0].set(title="Held-out success", xlabel="training episodes (rollouts)", ylim=(-0.02, 1.02))
+            if curve:  # distinct markers and lines: arms with equal numbers would otherwise hide each other
+                ax.plot(*zip(*curve, strict=True), marker=marker, linestyle=line, alpha=0.8, label=arm.name)
+    top = max([v for arm in arms for _, v in arm.curve()] + [0.05])
+    axes[0].set(
+        title="Held-out success", xlabel="training episodes (rollouts)", ylim=(-0.01, min(1.02, 1.5 * top))
+    )
     axes[1].set(title="Held-out mean outcome reward", xlabel="training episodes (rollouts)")
     for ax in axes:
         ax.legend()
