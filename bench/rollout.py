@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from machine import cpu_name, foreign_load, system_busy_s, tree_cpu_s
 
 import mappa_envs
 from mappa_train.models import load_base
@@ -168,60 +169,6 @@ def decode_only(
     finally:
         policy.stop_token_ids = saved
     return best
-
-
-def system_busy_s() -> float:
-    """CPU seconds all processes have spent busy since boot (``/proc/stat``; 0 where it is missing)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(root: int | None = None) -> float:
-    """CPU seconds of this process and its live descendants, reaped children included (``/proc/PID/stat``)."""
-    root = os.getpid() if root is None else root
-    parent, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(entry)] = int(rest[1])
-        cpu[int(entry)] = sum(int(x) for x in rest[11:15]) / os.sysconf(
-            "SC_CLK_TCK"
-        )  # utime stime cutime cstime
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0.0)
-        stack.extend(p for p, pp in parent.items() if pp == pid)
-    return total
-
-
-def foreign_load(busy0: float, tree0: float, wall: float) -> str:
-    """How much CPU other processes took while we ran: a contended run's timings mean little."""
-    other = max(0.0, (system_busy_s() - busy0) - (tree_cpu_s() - tree0))
-    share = other / max(wall * (os.cpu_count() or 1), 1e-9)
-    warn = "  WARNING: contended, timings are pessimistic" if share > 0.05 else ""
-    return f"CPU taken by other processes during the run: {other:.1f} core-s ({share:.0%} of capacity){warn}"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:
