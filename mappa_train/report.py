@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mappa_train.plots import reward_roles, save_figure, series  # noqa: E402
 from mappa_train.runlog import read_metrics  # noqa: E402
 
 SUCCESS = "eval/success_rate"
@@ -152,10 +153,7 @@ def plot_success(arms: Sequence[Arm], out: Path) -> Path:
     axes[1].set(title="Held-out mean outcome reward", xlabel="training episodes (rollouts)")
     for ax in axes:
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_roles(arms: Sequence[Arm], out: Path) -> Path:
@@ -163,17 +161,11 @@ def plot_roles(arms: Sequence[Arm], out: Path) -> Path:
     trained = [a for a in arms if a.rows]
     fig, axes = plt.subplots(1, max(len(trained), 1), figsize=(5 * max(len(trained), 1), 4), squeeze=False)
     for ax, arm in zip(axes[0], trained, strict=False):
-        roles = sorted({k.split("/")[1] for r in arm.rows for k in r if k.startswith("reward/")})
-        for role in roles:
-            pts = [(r["episodes_seen"], r[f"reward/{role}"]) for r in arm.rows if f"reward/{role}" in r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker=".", label=role)
+        for role in reward_roles(arm.rows):
+            ax.plot(*series(arm.rows, f"reward/{role}"), marker=".", label=role)
         ax.set(title=f"{arm.name}: mean action reward per role", xlabel="training episodes")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
