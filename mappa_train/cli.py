@@ -93,11 +93,13 @@ def model_team(args: argparse.Namespace, env: Any):
     return act
 
 
+env_cli.TEAMS["model"] = model_team
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = env_cli.build_parser()
     parser.description = __doc__
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    env_cli.TEAMS["model"] = model_team
     play = sub.choices["play"]
     play.add_argument(
         "--config", help="with --team model: YAML config for the model (default: the embedded one)"
