@@ -45,9 +45,8 @@ class TrainConfig:
     gamma: float = 1.0
     clip_eps: float = 0.2
     normalize_per_role: bool = True  # advantage mean/std per role (True) or across all roles (False)
-    adv_std_floor: float = (
-        0.0  # divide by max(std, floor): a role whose rewards are all equal is not whitened KL noise
-    )
+    # divide advantages by max(std, floor): a role whose rewards are all equal is not trained on whitened KL noise
+    adv_std_floor: float = 0.0
     lr: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
