@@ -21,9 +21,8 @@ class TrainConfig:
     train_tasks: str = "embedded:train"
     eval_tasks: str = "embedded:eval"
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # extra make() arguments (cell limits, ...)
-    task_filter: list[str] = field(
-        default_factory=list
-    )  # keep only tasks carrying one of these tags (e.g. level:1)
+    # keep only matching tasks: same key = any of, different keys = all of (e.g. [level:1, family:power])
+    task_filter: list[str] = field(default_factory=list)
     # rewards
     reward: str = "coach"  # "coach" (per-action judgements) or "outcome" (terminal outcome for every agent)
     coach: str = "rules"  # "rules" or "openai:MODEL"

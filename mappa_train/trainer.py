@@ -31,12 +31,23 @@ from mappa_train.update import compute_advantages, update_role
 
 
 def filter_tasks(tasks: TaskSet, tags: Sequence[str]) -> TaskSet:
-    """Keep the tasks carrying any of ``tags`` (all of them when ``tags`` is empty)."""
+    """Keep the tasks that match ``tags`` as facets (all tasks when ``tags`` is empty).
+
+    Tags sharing a key (the part before ``:``) are alternatives, different keys must all hold:
+    ``[level:1, level:2, family:power]`` keeps level-1 *or* level-2 tasks that are *also* power tasks. This is the
+    filter users know from search facets, and it lets a config narrow the difficulty mix without new task files.
+    """
     if not tags:
         return tasks
-    kept = [t for t in tasks if any(tag in t.tags for tag in tags)]
+    facets: dict[str, set[str]] = {}
+    for tag in tags:
+        facets.setdefault(tag.split(":", 1)[0], set()).add(tag)
+    kept = [t for t in tasks if all(any(tag in t.tags for tag in group) for group in facets.values())]
     if not kept:
-        raise ValueError(f"no task in {tasks.name} carries any of the tags {list(tags)}")
+        raise ValueError(
+            f"no task in {tasks.name} matches the tags {list(tags)} (same key: any of them; different keys: all); "
+            "check the spelling against the tasks' 'tags' field or drop a key"
+        )
     return TaskSet(kept, name=f"{tasks.name}{list(tags)}")
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mappa_envs.math_tasks import load_math_tasks
 from mappa_train.algorithms import policy_loss
 from mappa_train.config import TrainConfig
 from mappa_train.logprobs import pack_samples, token_logprobs
 from mappa_train.models import tiny_model_and_tokenizer
 from mappa_train.policy import TeamPolicy
 from mappa_train.runlog import read_metrics
-from mappa_train.trainer import Trainer
+from mappa_train.trainer import Trainer, filter_tasks
 from mappa_train.types import Sample
 from mappa_train.update import compute_advantages, update_role
 
@@ -45,6 +46,25 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(ValueError, match="algorithm"):
         TrainConfig.from_dict({}, ["algorithm=ppo2"])
     assert TrainConfig.from_dict({}, ["steps=7", "task_filter=[level:1]"]).steps == 7
+
+
+def test_task_filter_ors_within_a_key_and_ands_across_keys():
+    tasks = load_math_tasks(
+        [
+            {"id": "a", "problem": "1+1", "answer": 2, "tags": ["level:1", "family:addition"]},
+            {"id": "b", "problem": "2*3", "answer": 6, "tags": ["level:1", "family:multiplication"]},
+            {"id": "c", "problem": "9+9", "answer": 18, "tags": ["level:2", "family:addition"]},
+            {"id": "d", "problem": "9*9", "answer": 81, "tags": ["level:3", "family:multiplication"]},
+        ]
+    )
+    ids = lambda tags: [t.id for t in filter_tasks(tasks, tags)]  # noqa: E731
+    assert ids([]) == ["a", "b", "c", "d"]
+    assert ids(["level:1"]) == ["a", "b"]
+    assert ids(["level:1", "level:2"]) == ["a", "b", "c"]
+    assert ids(["level:1", "family:addition"]) == ["a"]
+    assert ids(["level:1", "level:3", "family:multiplication"]) == ["b", "d"]
+    with pytest.raises(ValueError, match="level:2.*family:multiplication|different keys: all"):
+        filter_tasks(tasks, ["level:2", "family:multiplication"])
 
 
 def test_tiny_team_trains_two_steps_end_to_end(tmp_path):
