@@ -220,3 +220,53 @@ def test_hindsight_reads_coloured_kernel_tracebacks() -> None:
     coach = RuleCoach(hindsight=True)
     coach.judge(ep, DS_ROLES)
     assert "caused_downstream_failure" in rules_of(coach, 0) and "error_caused_upstream" in rules_of(coach, 2)
+
+
+def _math_episode(solver: str, coder: str, verifier: str, expected: str, success: bool) -> list:
+    outcome = {"success": success, "reward": float(success), "correct": success, "expected": expected}
+    kw = {"env_id": "math-chat-v0", "outcome": outcome}
+    return [
+        record("solver", 0, solver, **kw),
+        record("coder", 1, coder, **kw),
+        record("verifier", 2, verifier, **kw),
+    ]
+
+
+def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
+    """The per-agent credit an LLM coach gives: the right upstream answer is rewarded even when the team fails."""
+    from mappa_envs.pipelines.math_chat import CODER, SOLVER, VERIFIER
+
+    roles = {r.name: r for r in (SOLVER, CODER, VERIFIER)}
+    ep = _math_episode(
+        "5 + 2 = 7, so \\boxed{7}", "It printed 8. The answer is 8.", "\\boxed{8}", "7", success=False
+    )
+    ep[1].tool_results = [ToolResult("print(5 + 3)", "8")]
+    plain = RuleCoach(hindsight=True).judge(ep, roles)
+    checking = RuleCoach(hindsight=True, check_answers=True)
+    solver, coder, verifier = checking.judge(ep, roles)
+    assert "answer_correct" in rules_of(checking, 0) and "answer_wrong" in rules_of(checking, 1)
+    assert solver.score == plain[0].score + 2 and coder.score == plain[1].score - 1
+    assert verifier.score == plain[2].score  # the final role is graded by the outcome, not twice
+    assert "8, expected 7" in coder.rationale
+
+    boxed_only = RuleCoach(hindsight=True, check_answers=True, answer_format="boxed")
+    boxed_only.judge(ep, roles)
+    assert not rules_of(boxed_only, 1) & {"answer_correct", "answer_wrong"}  # "the answer is 8" is not boxed
+
+    ep = _math_episode("I am not sure.", "```python\nprint(5+2)\n```", "\\boxed{7}", "7", success=True)
+    checking.judge(ep, roles)
+    assert not rules_of(checking, 0) & {
+        "answer_correct",
+        "answer_wrong",
+    }  # no answer stated: nothing to check
+    default = RuleCoach(hindsight=True)
+    default.judge(_math_episode("\\boxed{7}", "\\boxed{8}", "\\boxed{7}", "7", success=True), roles)
+    fired = {f.rule for rules in default.last_fired for f in rules}
+    assert "answer_boxed" in fired and not fired & {"answer_correct", "answer_wrong"}  # off by default
+
+
+def test_check_answers_needs_hindsight_and_a_known_format() -> None:
+    with pytest.raises(ValueError, match="needs hindsight=True"):
+        RuleCoach(check_answers=True)
+    with pytest.raises(ValueError, match="answer_format"):
+        RuleCoach(hindsight=True, check_answers=True, answer_format="latex")

@@ -531,3 +531,18 @@ def test_monitor_attached_to_the_wrapper_sees_every_episode() -> None:
     assert monitor.episodes == 2 and rows["all"]["episodes"] == 2 and rows["all"]["success_rate"] == 0.5
     assert rows["role:coder"]["actions"] == 4
     env.close()
+
+
+def test_make_passes_coach_kwargs_to_the_rule_coach() -> None:
+    """``coach_kwargs`` reach the rule coach: a right solver behind a wrong verifier earns answer_correct."""
+    team = {"solver": ["\\boxed{12}"], "coder": ["No code needed."], "verifier": ["\\boxed{11}"]}
+    plain = mappa_envs.make("math-chat", **FAST)
+    checking = mappa_envs.make("math-chat", coach_kwargs={"check_answers": True}, **FAST)
+    try:
+        before, after = play(plain, team), play(checking, team)
+        assert after["solver"][-1] == pytest.approx(before["solver"][-1] + 0.2)
+        assert after["verifier"][-1] == pytest.approx(before["verifier"][-1])
+        assert "answer_correct" in checking.unwrapped.records[0].judgement.rationale
+    finally:
+        plain.close()
+        checking.close()

@@ -12,6 +12,10 @@ Rules (points in :class:`RuleWeights`):
 - answer format, on the action that ends the part of a role told to use ``\\boxed{}``: present (+1), absent (-2).
 - outcome, when the record has one: the final role's last action gets success (+3) or failure (-2, softened by a
   partial reward); in hindsight every other role gets team success (+1) or team failure (-1).
+- intermediate answers (opt-in, ``check_answers=True``, hindsight only): the action that ends the part of a
+  non-final role told to use ``\\boxed{}`` is checked against the outcome's ``expected`` answer: right (+2),
+  wrong (-1); no stated answer, no rule. An LLM coach judges each agent's answer, not just the team's; this is the
+  offline stand-in for that, so a right solver is not punished for a wrong verifier (and the reverse).
 - hindsight blame: when an action's code fails because a file is missing that another, earlier role was required
   to produce, that error (and the artifacts and outcome it cost) is not held against the acting agent, and every
   action of the producing role gets ``caused_downstream_failure`` (-3) instead.
@@ -25,6 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from mappa_envs.coach.base import episodes, role_of
+from mappa_envs.grading.math import grade_math
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, FileInfo, Judgement
 from mappa_envs.text import strip_ansi, strip_think
@@ -56,6 +61,8 @@ class RuleWeights:
     outcome_failure: float = -2.0
     team_success: float = 1.0
     team_failure: float = -1.0
+    answer_correct: float = 2.0
+    answer_wrong: float = -1.0
     caused_downstream_failure: float = -3.0
 
 
@@ -105,7 +112,18 @@ class RuleCoach:
         boxed_roles: Collection[str] | None = None,
         base: float = 5.0,
         weights: RuleWeights = DEFAULT_WEIGHTS,
+        check_answers: bool = False,
+        answer_format: str = "boxed_or_statement",
     ) -> None:
+        if check_answers and not hindsight:
+            raise ValueError(
+                "check_answers needs hindsight=True: upstream answers are checked against the expected answer, "
+                "which the coach sees only once the episode has ended"
+            )
+        if answer_format not in ("boxed", "boxed_or_statement"):
+            raise ValueError(f"answer_format must be 'boxed' or 'boxed_or_statement', got {answer_format!r}")
+        self.check_answers = check_answers
+        self.answer_format = answer_format
         self.hindsight = hindsight
         self.final_roles = frozenset(final_roles) if final_roles is not None else None
         self.boxed_roles = frozenset(boxed_roles) if boxed_roles is not None else None
@@ -199,8 +217,27 @@ class RuleCoach:
                 fired.append(Fired("no_boxed_answer", w.no_boxed_answer))
 
         if r.outcome is not None:
+            fired.extend(self._answer_rules(r, role, answer, episode))
             fired.extend(self._outcome_rules(r, episode, blames, victim))
         return fired
+
+    def _answer_rules(
+        self, r: ActionRecord, role: Role, answer: str, episode: list[ActionRecord]
+    ) -> list[Fired]:
+        """Is a non-final role's stated answer right? (``check_answers``; the final role is the outcome's.)"""
+        expected = (r.outcome or {}).get("expected")
+        if not (self.check_answers and r.ends_turn and self._boxed(role)) or expected in (None, ""):
+            return []
+        final_roles = self.final_roles if self.final_roles is not None else {episode[-1].role}
+        if r.role in final_roles:
+            return []
+        graded = grade_math(answer, expected, self.answer_format)
+        if graded["answer"] is None:
+            return []
+        detail = f"{_one_line(graded['answer'], 40)}, expected {_one_line(str(expected), 40)}"
+        if graded["correct"]:
+            return [Fired("answer_correct", self.weights.answer_correct, detail)]
+        return [Fired("answer_wrong", self.weights.answer_wrong, detail)]
 
     def _outcome_rules(
         self, r: ActionRecord, episode: list[ActionRecord], blames: list[_Blame], victim: bool
