@@ -116,6 +116,17 @@ def test_boxed_answer_format_for_roles_told_to_box(answer: str, rule: str) -> No
     assert not rules_of(coach) & {"answer_boxed", "no_boxed_answer"}  # the solver was never told to box
 
 
+def test_a_stated_answer_counts_when_the_format_accepts_statements() -> None:
+    """With the env's ``answer_format="boxed_or_statement"`` the coach pays the format the grader accepts."""
+    stated = record("verifier", 2, "The answer is 45.", env_id="math-chat-v0")
+    strict, lenient = RuleCoach(), RuleCoach(answer_format="boxed_or_statement")
+    [a], [b] = strict.judge([stated], MATH_ROLES), lenient.judge([stated], MATH_ROLES)
+    assert "no_boxed_answer" in rules_of(strict) and "answer_stated" in rules_of(lenient)
+    assert b.score - a.score == 3.0
+    lenient.judge([record("verifier", 2, "It is 45, I think.", env_id="math-chat-v0")], MATH_ROLES)
+    assert "no_boxed_answer" in rules_of(lenient)
+
+
 def test_boxed_roles_can_be_given_explicitly() -> None:
     coach = RuleCoach(boxed_roles={"solver"})
     coach.judge([record("solver", 0, "42", env_id="math-chat-v0")], MATH_ROLES)
@@ -242,15 +253,19 @@ def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
     )
     ep[1].tool_results = [ToolResult("print(5 + 3)", "8")]
     plain = RuleCoach(hindsight=True).judge(ep, roles)
-    checking = RuleCoach(hindsight=True, check_answers=True)
+    checking = RuleCoach(hindsight=True, check_answers=True, answer_format="boxed_or_statement")
     solver, coder, verifier = checking.judge(ep, roles)
     assert "answer_correct" in rules_of(checking, 0) and "answer_wrong" in rules_of(checking, 1)
-    assert solver.score == plain[0].score + 2 and coder.score == plain[1].score - 1
+    assert solver.score == plain[0].score + 2
+    assert (
+        coder.score == plain[1].score - 1 + 3
+    )  # wrong (-1), but stated, so no longer "no_boxed_answer" (-2 -> +1)
     assert verifier.score == plain[2].score  # the final role is graded by the outcome, not twice
     assert "8, expected 7" in coder.rationale
 
-    boxed_only = RuleCoach(hindsight=True, check_answers=True, answer_format="boxed")
+    boxed_only = RuleCoach(hindsight=True, check_answers=True)  # answer_format="boxed", the default
     boxed_only.judge(ep, roles)
+    assert "answer_correct" in rules_of(boxed_only, 0)
     assert not rules_of(boxed_only, 1) & {"answer_correct", "answer_wrong"}  # "the answer is 8" is not boxed
 
     ep = _math_episode("I am not sure.", "```python\nprint(5+2)\n```", "\\boxed{7}", "7", success=True)

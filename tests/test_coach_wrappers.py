@@ -535,14 +535,16 @@ def test_monitor_attached_to_the_wrapper_sees_every_episode() -> None:
 
 def test_make_passes_coach_kwargs_to_the_rule_coach() -> None:
     """``coach_kwargs`` reach the rule coach: a right solver behind a wrong verifier earns answer_correct."""
-    team = {"solver": ["\\boxed{12}"], "coder": ["No code needed."], "verifier": ["\\boxed{11}"]}
+    team = {"solver": ["\\boxed{12}"], "coder": ["No code needed."], "verifier": ["The answer is 11."]}
     plain = mappa_envs.make("math-chat", **FAST)
-    checking = mappa_envs.make("math-chat", coach_kwargs={"check_answers": True}, **FAST)
+    kwargs = {"check_answers": True, "answer_format": "boxed_or_statement"}
+    checking = mappa_envs.make("math-chat", answer_format="boxed_or_statement", coach_kwargs=kwargs, **FAST)
     try:
         before, after = play(plain, team), play(checking, team)
         assert after["solver"][-1] == pytest.approx(before["solver"][-1] + 0.2)
-        assert after["verifier"][-1] == pytest.approx(before["verifier"][-1])
+        assert after["verifier"][-1] == pytest.approx(before["verifier"][-1] + 0.3)  # its statement counts
         assert "answer_correct" in checking.unwrapped.records[0].judgement.rationale
+        assert "answer_stated" in checking.unwrapped.records[-1].judgement.rationale
     finally:
         plain.close()
         checking.close()

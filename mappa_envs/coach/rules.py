@@ -10,6 +10,8 @@ Rules (points in :class:`RuleWeights`):
   (-2); an empty answer (-3); an answer cut at the length limit (-1).
 - artifacts, on the action that ends the role's part: all required files present (+2), each missing one (-2).
 - answer format, on the action that ends the part of a role told to use ``\\boxed{}``: present (+1), absent (-2).
+  With ``answer_format="boxed_or_statement"`` (match the env's own ``answer_format``) a final "the answer is N"
+  counts as present (``answer_stated``), as it does for the grader.
 - outcome, when the record has one: the final role's last action gets success (+3) or failure (-2, softened by a
   partial reward); in hindsight every other role gets team success (+1) or team failure (-1).
 - intermediate answers (opt-in, ``check_answers=True``, hindsight only): the action that ends the part of a
@@ -29,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from mappa_envs.coach.base import episodes, role_of
-from mappa_envs.grading.math import grade_math
+from mappa_envs.grading.math import extract_statement, grade_math
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, FileInfo, Judgement
 from mappa_envs.text import strip_ansi, strip_think
@@ -113,7 +115,7 @@ class RuleCoach:
         base: float = 5.0,
         weights: RuleWeights = DEFAULT_WEIGHTS,
         check_answers: bool = False,
-        answer_format: str = "boxed_or_statement",
+        answer_format: str = "boxed",
     ) -> None:
         if check_answers and not hindsight:
             raise ValueError(
@@ -213,6 +215,8 @@ class RuleCoach:
         if r.ends_turn and self._boxed(role):
             if _BOXED.search(answer):
                 fired.append(Fired("answer_boxed", w.answer_boxed))
+            elif self.answer_format == "boxed_or_statement" and extract_statement(answer) is not None:
+                fired.append(Fired("answer_stated", w.answer_boxed))
             else:
                 fired.append(Fired("no_boxed_answer", w.no_boxed_answer))
 
