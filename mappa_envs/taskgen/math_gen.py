@@ -1,5 +1,10 @@
 """Generate the embedded math splits: ``python -m mappa_envs.taskgen.math_gen --out tasks/math``.
 
+The one-step splits (``embedded:one-step-train`` / ``embedded:one-step-eval``: level-1 addition, multiplication and
+word problems, the only cells where the sampled 135M team ever succeeds) are
+``python -m mappa_envs.taskgen.math_gen --out tasks/math --prefix one-step- --levels 1
+--families addition,multiplication,word_problem --n-train 96 --n-eval 48``.
+
 Ten problem families at four levels. Level 1 is trivially easy ("What is 7 + 5?") so that an untrained 135M team
 starts above 0% success and outcome rewards carry signal; levels 3-4 involve numbers where running Python pays off.
 Every answer is an exact integer. Each record keeps ``meta.params`` (the operands) and ``meta.expr`` (a Python
@@ -13,7 +18,7 @@ import argparse
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -431,14 +436,29 @@ def _record(p: Problem, family: str, level: int) -> dict[str, Any]:
 
 
 def generate(
-    seed: int = 0, n_train: int = DEFAULT_N_TRAIN, n_eval: int = DEFAULT_N_EVAL
+    seed: int = 0,
+    n_train: int = DEFAULT_N_TRAIN,
+    n_eval: int = DEFAULT_N_EVAL,
+    families: Sequence[str] | None = None,
+    levels: Sequence[int] = LEVELS,
+    prefix: str = "",
 ) -> tuple[list[dict], list[dict]]:
     """Train and eval records, stratified over (family, level) cells and disjoint by text and operands.
+
+    ``families`` / ``levels`` pick the cells (default: all), for a split with another difficulty mix; ``prefix``
+    starts the split names and so the ids (``one-step-eval-0000``).
 
     Each cell draws from its own RNG (seeded from ``seed``, family and level), so one family's changes do not
     reshuffle the others. Records are interleaved cell by cell, so any prefix of a split is roughly stratified.
     """
-    cells = [(family, level) for level in LEVELS for family in FAMILIES]
+    families = list(FAMILIES) if families is None else list(families)
+    unknown = [f for f in families if f not in FAMILIES] + [str(n) for n in levels if n not in LEVELS]
+    if unknown or not families or not levels:
+        raise ValueError(
+            f"unknown or empty families/levels {unknown or [families, list(levels)]}; "
+            f"families: {', '.join(FAMILIES)}; levels: {', '.join(map(str, LEVELS))}"
+        )
+    cells = [(family, level) for level in levels for family in families]
     seen_keys: set[str] = set()
     seen_texts: set[str] = set()
     train_cells: list[list[dict]] = []
@@ -464,7 +484,7 @@ def generate(
         n_tr = _quota(n_train, len(cells), i)
         train_cells.append(drawn[:n_tr])
         eval_cells.append(drawn[n_tr:])
-    return _interleave(train_cells, "train"), _interleave(eval_cells, "eval")
+    return _interleave(train_cells, f"{prefix}train"), _interleave(eval_cells, f"{prefix}eval")
 
 
 def _interleave(cells: list[list[dict]], split: str) -> list[dict]:
@@ -489,11 +509,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=DEFAULT_N_TRAIN)
     ap.add_argument("--n-eval", type=int, default=DEFAULT_N_EVAL)
+    ap.add_argument("--families", default="", help="comma-separated families (default: all)")
+    ap.add_argument("--levels", default="", help="comma-separated levels (default: all)")
+    ap.add_argument("--prefix", default="", help="file name prefix: <prefix>train.jsonl, <prefix>eval.jsonl")
     args = ap.parse_args(argv)
-    train, eval_ = generate(args.seed, args.n_train, args.n_eval)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] or None
+    levels = [int(n) for n in args.levels.split(",") if n.strip()] or LEVELS
+    train, eval_ = generate(args.seed, args.n_train, args.n_eval, families, levels, args.prefix)
     args.out.mkdir(parents=True, exist_ok=True)
     for split, records in (("train", train), ("eval", eval_)):
-        path = args.out / f"{split}.jsonl"
+        path = args.out / f"{args.prefix}{split}.jsonl"
         path.write_text(to_jsonl(records), encoding="utf-8", newline="\n")
         print(f"wrote {len(records)} tasks to {path}")
 
