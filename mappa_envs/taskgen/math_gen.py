@@ -1,7 +1,7 @@
 """Generate the embedded math splits: ``python -m mappa_envs.taskgen.math_gen --out tasks/math``.
 
 The one-step splits (``embedded:one-step-train`` / ``embedded:one-step-eval``: level-1 addition, multiplication and
-word problems, the only cells where the sampled 135M team ever succeeds) are
+word problems: one-step problems the untrained 135M team solves at least sometimes, docs/RESULTS.md round 2) are
 ``python -m mappa_envs.taskgen.math_gen --out tasks/math --prefix one-step- --levels 1
 --families addition,multiplication,word_problem --n-train 96 --n-eval 48``.
 
