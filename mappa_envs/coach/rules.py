@@ -31,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from mappa_envs.coach.base import episodes, role_of
-from mappa_envs.grading.math import extract_statement, grade_math
+from mappa_envs.grading.math import ANSWER_FORMATS, extract_statement, grade_math
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, FileInfo, Judgement
 from mappa_envs.text import strip_ansi, strip_think
@@ -122,8 +122,8 @@ class RuleCoach:
                 "check_answers needs hindsight=True: upstream answers are checked against the expected answer, "
                 "which the coach sees only once the episode has ended"
             )
-        if answer_format not in ("boxed", "boxed_or_statement"):
-            raise ValueError(f"answer_format must be 'boxed' or 'boxed_or_statement', got {answer_format!r}")
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         self.check_answers = check_answers
         self.answer_format = answer_format
         self.hindsight = hindsight
@@ -232,8 +232,7 @@ class RuleCoach:
         expected = (r.outcome or {}).get("expected")
         if not (self.check_answers and r.ends_turn and self._boxed(role)) or expected in (None, ""):
             return []
-        final_roles = self.final_roles if self.final_roles is not None else {episode[-1].role}
-        if r.role in final_roles:
+        if r.role in self._final_roles(episode):
             return []
         graded = grade_math(answer, expected, self.answer_format)
         if graded["answer"] is None:
@@ -250,7 +249,7 @@ class RuleCoach:
         outcome = r.outcome or {}
         success = bool(outcome.get("success"))
         reward = _float(outcome.get("reward"))
-        final_roles = self.final_roles if self.final_roles is not None else {episode[-1].role}
+        final_roles = self._final_roles(episode)
         last_of_role = max(x.step for x in episode if x.role == r.role) == r.step
         detail = f"reward {reward:g}" if reward is not None else ""
         if r.role in final_roles:
@@ -277,6 +276,10 @@ class RuleCoach:
                 )
             ]
         return [Fired("team_failure", w.team_failure, detail)]
+
+    def _final_roles(self, episode: list[ActionRecord]) -> Collection[str]:
+        """The roles whose last action the outcome grades: as given, else the role of the episode's last record."""
+        return self.final_roles if self.final_roles is not None else {episode[-1].role}
 
     def _boxed(self, role: Role) -> bool:
         if self.boxed_roles is not None:

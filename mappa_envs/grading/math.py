@@ -139,6 +139,10 @@ def extract_statement(text: str) -> str | None:
     return matches[-1].group(1).replace(",", "") if matches else None
 
 
+ANSWER_FORMATS = ("boxed", "boxed_or_statement")
+"""What a maths grader (and a coach that agrees with it) accepts as a stated answer."""
+
+
 def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> dict[str, Any]:
     """Grade a model answer: is its last boxed answer equal to ``expected``?
 
@@ -147,8 +151,8 @@ def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> di
     With ``answer_format="boxed_or_statement"`` a reply without ``\boxed{}`` is graded on its last
     "the answer is N" statement instead (see :func:`extract_statement`).
     """
-    if answer_format not in ("boxed", "boxed_or_statement"):
-        raise ValueError(f"answer_format must be 'boxed' or 'boxed_or_statement', got {answer_format!r}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
     try:
         expected_s = normalize_expected(expected)
     except (TypeError, ValueError):

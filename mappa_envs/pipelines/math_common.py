@@ -6,16 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mappa_envs.grading.math import grade_math
+from mappa_envs.grading.math import ANSWER_FORMATS, grade_math
 from mappa_envs.records import ActionRecord
 from mappa_envs.tasks import Task
 
 
 def render_problem(task: Task) -> str:
     return f"## Problem\n{task.prompt.strip()}"
-
-
-ANSWER_FORMATS = ("boxed", "boxed_or_statement")
 
 
 def grade_last_role(final_role: str, answer_format: str = "boxed"):
