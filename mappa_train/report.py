@@ -39,9 +39,8 @@ class Arm:
     """One run's held-out curve (training episodes → metric) and its training rows."""
 
     name: str
-    reward: str = (
-        "coach"  # the run's reward source: eval/mean_action_reward is a coach score only for "coach"
-    )
+    # the run's reward source: eval/mean_action_reward is a coach score only for "coach"
+    reward: str = "coach"
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (episodes seen, eval metrics)
     rows: list[dict] = field(default_factory=list)
 
