@@ -285,3 +285,33 @@ def test_check_answers_needs_hindsight_and_a_known_format() -> None:
         RuleCoach(check_answers=True)
     with pytest.raises(ValueError, match="answer_format"):
         RuleCoach(hindsight=True, check_answers=True, answer_format="latex")
+
+
+def test_require_output_pays_no_clean_run_bonus_for_silent_code() -> None:
+    """Seed 1's hack (docs/RESULTS.md): code that prints nothing runs cleanly by construction."""
+    from mappa_envs.pipelines.math_chat import CODER, SOLVER, VERIFIER
+
+    roles = {r.name: r for r in (SOLVER, CODER, VERIFIER)}
+    ep = _math_episode("\\boxed{7}", "```python\nx = 5 + 2\n```", "\\boxed{7}", "7", success=True)
+    ep[1].tool_results = [ToolResult("x = 5 + 2", "")]
+    lenient = RuleCoach(hindsight=True)
+    strict = RuleCoach(hindsight=True, require_output=True)
+    lenient_coder = lenient.judge(ep, roles)[1]
+    strict_coder = strict.judge(ep, roles)[1]
+    assert "code_clean" in rules_of(lenient, 1) and "code_silent" not in rules_of(lenient, 1)  # default unchanged
+    assert "code_silent" in rules_of(strict, 1) and "code_clean" not in rules_of(strict, 1)
+    assert strict_coder.score == lenient_coder.score - 2 - 1
+    assert "printed nothing" in strict_coder.rationale
+
+    ep[1].tool_results = [ToolResult("x = 5 + 2", ""), ToolResult("print(x)", "7\n")]  # any cell's output counts
+    strict.judge(ep, roles)
+    assert "code_clean" in rules_of(strict, 1)
+
+    ep[1].tool_results = [ToolResult("open('a.txt','w').write('7')", "")]  # a file written is evidence of work
+    ep[1].files_after = [*ep[1].files_before, FileInfo("a.txt", 1)]
+    strict.judge(ep, roles)
+    assert "code_clean" in rules_of(strict, 1)
+
+    ep[1].tool_results = [ToolResult("1/0", "", error="ZeroDivisionError: division by zero")]
+    strict.judge(ep, roles)
+    assert "code_error" in rules_of(strict, 1) and "code_silent" not in rules_of(strict, 1)

@@ -548,3 +548,19 @@ def test_make_passes_coach_kwargs_to_the_rule_coach() -> None:
     finally:
         plain.close()
         checking.close()
+
+
+def test_make_passes_require_output_to_the_rule_coach() -> None:
+    """Through a real kernel: a coder cell that prints nothing earns code_silent, not code_clean, when asked."""
+    team = {**RIGHT, "coder": ["```python\nx = 7 + 5\n```", "It computed 12: \\boxed{12}"]}
+    lenient = mappa_envs.make("math-chat", **FAST)
+    strict = mappa_envs.make("math-chat", coach_kwargs={"require_output": True}, **FAST)
+    try:
+        before, after = play(lenient, team), play(strict, team)
+        # hindsight: the coder's two actions are paid together at the end; +2 clean -> -1 silent
+        assert after["coder"][-1] == pytest.approx(before["coder"][-1] - 0.3)
+        assert "code_silent" in strict.unwrapped.records[1].judgement.rationale
+        assert "code_clean" in lenient.unwrapped.records[1].judgement.rationale
+    finally:
+        lenient.close()
+        strict.close()

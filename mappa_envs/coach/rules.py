@@ -7,7 +7,10 @@ clamped to [0, 10] and the rationale lists every rule that fired, so a reward ca
 Rules (points in :class:`RuleWeights`):
 
 - code: clean run (+2), error (-3), timeout (-3), kernel died (-1 more); a code role's first action with no code
-  (-2); an empty answer (-3); an answer cut at the length limit (-1).
+  (-2); an empty answer (-3); an answer cut at the length limit (-1). With ``require_output=True`` a clean run
+  pays only if it showed something (printed or displayed output, or a file written); a silent one gets
+  ``code_silent`` (-1) instead: code that does nothing visible runs cleanly by construction, and a policy trained
+  on the clean-run bonus alone learns to write it (docs/RESULTS.md, round 2, seed 1).
 - artifacts, on the action that ends the role's part: all required files present (+2), each missing one (-2).
 - answer format, on the action that ends the part of a role told to use ``\\boxed{}``: present (+1), absent (-2).
   With ``answer_format="boxed_or_statement"`` (match the env's own ``answer_format``) a final "the answer is N"
@@ -49,6 +52,7 @@ class RuleWeights:
     """Points per rule (the base score is :attr:`RuleCoach.base`)."""
 
     code_clean: float = 2.0
+    code_silent: float = -1.0
     code_error: float = -3.0
     code_timeout: float = -3.0
     kernel_died: float = -1.0
@@ -101,7 +105,8 @@ class RuleCoach:
     ``hindsight`` enables blame across the episode (pass all records of a finished episode in one call).
     ``final_roles``: roles whose last action the episode outcome grades; default, the role of the episode's last
     record. ``boxed_roles``: roles whose final answer must contain ``\\boxed{}``; default, roles whose system
-    prompt or rubric mentions ``\\boxed``.
+    prompt or rubric mentions ``\\boxed``. ``require_output``: no clean-run bonus for code that printed nothing
+    and wrote no file (``code_silent``).
     """
 
     name = "rules"
@@ -116,6 +121,7 @@ class RuleCoach:
         weights: RuleWeights = DEFAULT_WEIGHTS,
         check_answers: bool = False,
         answer_format: str = "boxed",
+        require_output: bool = False,
     ) -> None:
         if check_answers and not hindsight:
             raise ValueError(
@@ -125,6 +131,7 @@ class RuleCoach:
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         self.check_answers = check_answers
+        self.require_output = require_output
         self.answer_format = answer_format
         self.hindsight = hindsight
         self.final_roles = frozenset(final_roles) if final_roles is not None else None
@@ -187,7 +194,10 @@ class RuleCoach:
                 if t.error and not _explained(t.error + "\n" + t.stderr, caused_upstream)
             ]
             if not any(t.error for t in r.tool_results):
-                fired.append(Fired("code_clean", w.code_clean))
+                if self.require_output and not _showed_anything(r):
+                    fired.append(Fired("code_silent", w.code_silent, "ran cleanly, printed nothing, wrote no file"))
+                else:
+                    fired.append(Fired("code_clean", w.code_clean))
             elif own:
                 first = own[0]
                 if first.timed_out:
@@ -310,6 +320,11 @@ class RuleCoach:
                     if producers:
                         found.append(_Blame(base, producers[-1], r.step, r.role, _one_line(t.error)))
         return found
+
+
+def _showed_anything(r: ActionRecord) -> bool:
+    """Whether the action's code left evidence of work: printed or displayed output, or a file written."""
+    return any(t.stdout.strip() for t in r.tool_results) or bool(r.files_written())
 
 
 def _missing_files(text: str) -> list[str]:
