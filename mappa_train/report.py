@@ -10,6 +10,12 @@ decoding, the same seeds and adapters that start as the identity, it is the same
 prints a Markdown table (held-out success and mean outcome reward per evaluation, lift over the untrained team,
 rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
 ``<out>-roles.png`` and ``<out>-by-tag.md``.
+
+One seed proves little (docs/RESULTS.md has two seeds with opposite results), so runs named ``<arm>-seedN`` are
+also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
+evaluation, the episodes its mean curve needed to reach the outcome-only group's mean final, and how often it beat
+outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Pass every outcome-only seed
+after ``--outcome``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +121,128 @@ def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> s
     return "\n".join(lines)
 
 
+_SEED_SUFFIX = re.compile(r"-seed(\d+)$")
+
+
+def seed_of(name: str) -> tuple[str, int]:
+    """``("math-coach", 2)`` for a run folder ``math-coach-seed2``; a name without the suffix is seed 0."""
+    match = _SEED_SUFFIX.search(name)
+    return (name[: match.start()], int(match.group(1))) if match else (name, 0)
+
+
+@dataclass
+class SeedGroup:
+    """The runs of one arm that differ only in their seed."""
+
+    name: str
+    arms: dict[int, Arm]  # seed → run
+
+    def at(self, n: int) -> list[float]:
+        """Held-out success of every seed that was evaluated after ``n`` training episodes."""
+        return [v for arm in self.arms.values() for m, v in arm.curve() if m == n]
+
+    def mean_curve(self) -> list[tuple[int, float]]:
+        points = sorted({n for arm in self.arms.values() for n, _ in arm.curve()})
+        return [(n, statistics.fmean(self.at(n))) for n in points]
+
+    @property
+    def final(self) -> float:
+        """Mean success at the last evaluation that every seed reached (NaN when they share none)."""
+        shared = set.intersection(*({n for n, _ in arm.curve()} for arm in self.arms.values()))
+        return statistics.fmean(self.at(max(shared))) if shared else math.nan
+
+
+def group_seeds(arms: Sequence[Arm]) -> list[SeedGroup]:
+    """Arms grouped by name without ``-seedN``, in first-seen order."""
+    groups: dict[str, SeedGroup] = {}
+    for arm in arms:
+        name, seed = seed_of(arm.name)
+        group = groups.setdefault(name, SeedGroup(name, {}))
+        if seed in group.arms:
+            raise ValueError(f"two runs are {name} seed {seed}: {group.arms[seed].name} and {arm.name}")
+        group.arms[seed] = arm
+    return list(groups.values())
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    sd = statistics.stdev(values)
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f} ({min(values):.3f}–{max(values):.3f}, {len(values)} seeds)"
+
+
+def seeds_table(groups: Sequence[SeedGroup], untrained: Arm, outcome: SeedGroup | None) -> str:
+    """Markdown: per arm, mean ± sd (range, seeds) of held-out success at each evaluation, and how it compares."""
+    points = sorted({n for g in groups for n, _ in g.mean_curve()})
+    target = outcome.final if outcome is not None else math.nan
+    head = [
+        "arm",
+        "seeds",
+        *[f"success @ {n} ep." for n in points],
+        "mean lift at the last eval all seeds reached",
+    ]
+    if outcome is not None:
+        head += [
+            f"episodes for the mean to reach outcome-only's mean final ({target:.3f})",
+            "vs outcome-only at the same seed, last shared eval (won / tied / lost)",
+        ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        cells = [g.name, ",".join(str(s) for s in sorted(g.arms))]
+        cells += [_spread(g.at(n)) for n in points]
+        cells.append(f"{100 * (g.final - untrained.final):+.1f}")
+        if outcome is not None:
+            reached = next((n for n, v in g.mean_curve() if v >= target - 1e-9), None)
+            final_n = max((n for n, _ in outcome.mean_curve()), default=0)
+            cells.append(
+                "never"
+                if reached is None
+                else f"{reached} ({reached / final_n:.2f}×)"
+                if final_n
+                else str(reached)
+            )
+            cells.append(_paired(g, outcome) if g is not outcome else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paired(group: SeedGroup, outcome: SeedGroup) -> str:
+    """Wins, ties and losses against outcome-only with the same seed, at the last evaluation both reached."""
+    won = tied = lost = 0
+    for seed, arm in group.arms.items():
+        other = outcome.arms.get(seed)
+        if other is None:
+            continue
+        mine, theirs = dict(arm.curve()), dict(other.curve())
+        shared = set(mine) & set(theirs) - {0}
+        if not shared:
+            continue
+        n = max(shared)
+        won += mine[n] > theirs[n] + 1e-9
+        lost += mine[n] < theirs[n] - 1e-9
+        tied += abs(mine[n] - theirs[n]) <= 1e-9
+    return f"{won} / {tied} / {lost}" if won + tied + lost else "no shared seed"
+
+
+def plot_seeds(groups: Sequence[SeedGroup], out: Path) -> Path:
+    """Each arm's mean held-out success over its seeds, with the range between its worst and best seed."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g in groups:
+        curve = g.mean_curve()
+        xs = [n for n, _ in curve]
+        (line,) = ax.plot(xs, [v for _, v in curve], marker="o", label=f"{g.name} ({len(g.arms)} seeds)")
+        lows = [min(g.at(n)) for n in xs]
+        highs = [max(g.at(n)) for n in xs]
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
+    ax.set(
+        title="Held-out success: mean over seeds, shaded from worst to best seed", xlabel="training episodes"
+    )
+    ax.legend()
+    return save_figure(fig, out)
+
+
 def by_tag_table(arms: Sequence[Arm]) -> str:
     """Markdown: at each arm's last evaluation, mean coach reward vs outcome (success) per task tag."""
     lines = []
@@ -173,19 +303,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("runs", nargs="*", type=Path, help="the trained arms' run folders")
     parser.add_argument("--untrained", type=Path, required=True, help="the steps: 0 run (step-0 evaluation)")
-    parser.add_argument("--outcome", type=Path, help="the outcome-only arm (the target to reach)")
+    parser.add_argument(
+        "--outcome",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the outcome-only arm (the target to reach); more folders are its other seeds (<arm>-seedN)",
+    )
     parser.add_argument("--out", type=Path, help="prefix for the plots and the by-tag table")
     args = parser.parse_args(argv)
     untrained = load_arm(args.untrained)
     if not untrained.evals:
         parser.error(f"{args.untrained}/metrics.jsonl has no evaluation: run its config with steps: 0 first")
-    outcome = load_arm(args.outcome, untrained) if args.outcome else None
-    arms = [untrained, *[load_arm(r, untrained) for r in args.runs], *([outcome] if outcome else [])]
+    outcomes = [load_arm(r, untrained) for r in args.outcome]
+    outcome = outcomes[0] if outcomes else None
+    arms = [untrained, *[load_arm(r, untrained) for r in args.runs], *outcomes]
     print(summary_table(arms, untrained, outcome))
+    groups = group_seeds(arms)
+    seeded = any(len(g.arms) > 1 for g in groups)
+    if seeded:
+        outcome_group = next((g for g in groups if outcome is not None and outcome in g.arms.values()), None)
+        print()
+        print(seeds_table(groups, untrained, outcome_group))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         print(plot_success(arms, args.out.with_name(args.out.name + "-success.png")))
-        print(plot_roles(arms, args.out.with_name(args.out.name + "-roles.png")))
+        first_seeds = [g.arms[min(g.arms)] for g in groups]  # one panel per arm, not per seed
+        print(plot_roles(first_seeds, args.out.with_name(args.out.name + "-roles.png")))
+        if seeded:
+            print(plot_seeds(groups, args.out.with_name(args.out.name + "-seeds.png")))
         path = args.out.with_name(args.out.name + "-by-tag.md")
         path.write_text(by_tag_table(arms))
         print(path)

@@ -298,16 +298,19 @@ def test_require_output_pays_no_clean_run_bonus_for_silent_code() -> None:
     strict = RuleCoach(hindsight=True, require_output=True)
     lenient_coder = lenient.judge(ep, roles)[1]
     strict_coder = strict.judge(ep, roles)[1]
-    assert "code_clean" in rules_of(lenient, 1) and "code_silent" not in rules_of(lenient, 1)  # default unchanged
+    # off by default: the lenient coach still pays the clean run
+    assert "code_clean" in rules_of(lenient, 1) and "code_silent" not in rules_of(lenient, 1)
     assert "code_silent" in rules_of(strict, 1) and "code_clean" not in rules_of(strict, 1)
     assert strict_coder.score == lenient_coder.score - 2 - 1
     assert "printed nothing" in strict_coder.rationale
 
-    ep[1].tool_results = [ToolResult("x = 5 + 2", ""), ToolResult("print(x)", "7\n")]  # any cell's output counts
+    # any cell's output counts
+    ep[1].tool_results = [ToolResult("x = 5 + 2", ""), ToolResult("print(x)", "7\n")]
     strict.judge(ep, roles)
     assert "code_clean" in rules_of(strict, 1)
 
-    ep[1].tool_results = [ToolResult("open('a.txt','w').write('7')", "")]  # a file written is evidence of work
+    # a file written is evidence of work
+    ep[1].tool_results = [ToolResult("open('a.txt','w').write('7')", "")]
     ep[1].files_after = [*ep[1].files_before, FileInfo("a.txt", 1)]
     strict.judge(ep, roles)
     assert "code_clean" in rules_of(strict, 1)

@@ -73,3 +73,39 @@ def test_main_writes_plots_and_the_by_tag_table(tmp_path, capsys):
     assert (tmp_path / "docs" / "math-roles.png").stat().st_size > 0
     assert "| level:1 | 0.300 |" in (tmp_path / "docs" / "math-by-tag.md").read_text()
     assert "| coach |" in capsys.readouterr().out
+
+
+def test_seeds_are_grouped_into_arms_with_spread_and_paired_comparison(tmp_path, capsys):
+    untrained_dir, outcome_dir, coach_dir = _arms(
+        tmp_path
+    )  # seed 0: outcome 0.15 -> 0.20, coach 0.25 -> 0.35
+    _run(tmp_path, "outcome-seed1", [_eval(2, 40, 0.10), _eval(4, 80, 0.30)])
+    _run(tmp_path, "coach-seed1", [_eval(2, 40, 0.05), _eval(4, 80, 0.25)])  # loses to outcome at seed 1
+    _run(tmp_path, "coach-seed2", [_eval(2, 40, 0.45)])  # stopped half way; outcome has no seed 2
+    out = tmp_path / "docs" / "x"
+    runs = [str(coach_dir), str(tmp_path / "coach-seed1"), str(tmp_path / "coach-seed2")]
+    outcomes = [str(outcome_dir), str(tmp_path / "outcome-seed1")]
+    assert main(["--untrained", str(untrained_dir), "--outcome", *outcomes, *runs, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    seeds = printed.split("\n\n")[1]
+    coach_line = next(line for line in seeds.splitlines() if line.startswith("| coach |"))
+    outcome_line = next(line for line in seeds.splitlines() if line.startswith("| outcome |"))
+    assert "| 0,1,2 |" in coach_line
+    assert "0.250 ± 0.200 (0.050–0.450, 3 seeds)" in coach_line  # @ 40: mean, sd, range of all three
+    assert "0.300 ± 0.071 (0.250–0.350, 2 seeds)" in coach_line  # @ 80: seed 2 never got there
+    # the target is outcome-only's mean final (0.25); the coach's mean curve reaches it at 40 episodes
+    assert "(0.250)" in seeds and "40 (0.50×)" in coach_line
+    assert "1 / 0 / 1" in coach_line  # won at seed 0 (0.35 > 0.20), lost at seed 1 (0.25 < 0.30)
+    assert "| +15.0 |" in coach_line  # lift at the last evaluation every seed reached (40: 0.25 - 0.10)
+    assert "0.250 ± 0.071 (0.200–0.300, 2 seeds)" in outcome_line
+    assert (tmp_path / "docs" / "x-seeds.png").stat().st_size > 1000
+
+
+def test_group_seeds_refuses_two_runs_of_one_seed(tmp_path):
+    import pytest
+
+    from mappa_train.report import Arm, group_seeds, seed_of
+
+    assert seed_of("math-coach-seed12") == ("math-coach", 12) and seed_of("math-coach") == ("math-coach", 0)
+    with pytest.raises(ValueError, match="two runs are coach seed 0"):
+        group_seeds([Arm("coach"), Arm("coach-seed0")])

@@ -195,7 +195,9 @@ class RuleCoach:
             ]
             if not any(t.error for t in r.tool_results):
                 if self.require_output and not _showed_anything(r):
-                    fired.append(Fired("code_silent", w.code_silent, "ran cleanly, printed nothing, wrote no file"))
+                    fired.append(
+                        Fired("code_silent", w.code_silent, "ran cleanly, printed nothing, wrote no file")
+                    )
                 else:
                     fired.append(Fired("code_clean", w.code_clean))
             elif own:
