@@ -14,8 +14,8 @@ rollouts each arm needed to reach the outcome-only arm's final success) and writ
 One seed proves little (docs/RESULTS.md has two seeds with opposite results), so runs named ``<arm>-seedN`` are
 also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
 evaluation, the episodes its mean curve needed to reach the outcome-only group's mean final, and how often it beat
-outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Pass every outcome-only seed
-after ``--outcome``.
+outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Give each outcome-only seed
+its own ``--outcome``.
 """
 
 from __future__ import annotations
@@ -306,9 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--outcome",
         type=Path,
-        nargs="+",
+        action="append",
         default=[],
-        help="the outcome-only arm (the target to reach); more folders are its other seeds (<arm>-seedN)",
+        help="the outcome-only arm (the target to reach); repeat it for the arm's other seeds (<arm>-seedN)",
     )
     parser.add_argument("--out", type=Path, help="prefix for the plots and the by-tag table")
     args = parser.parse_args(argv)

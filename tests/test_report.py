@@ -84,8 +84,8 @@ def test_seeds_are_grouped_into_arms_with_spread_and_paired_comparison(tmp_path,
     _run(tmp_path, "coach-seed2", [_eval(2, 40, 0.45)])  # stopped half way; outcome has no seed 2
     out = tmp_path / "docs" / "x"
     runs = [str(coach_dir), str(tmp_path / "coach-seed1"), str(tmp_path / "coach-seed2")]
-    outcomes = [str(outcome_dir), str(tmp_path / "outcome-seed1")]
-    assert main(["--untrained", str(untrained_dir), "--outcome", *outcomes, *runs, "--out", str(out)]) == 0
+    outcomes = ["--outcome", str(outcome_dir), "--outcome", str(tmp_path / "outcome-seed1")]
+    assert main(["--untrained", str(untrained_dir), *outcomes, *runs, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     seeds = printed.split("\n\n")[1]
     coach_line = next(line for line in seeds.splitlines() if line.startswith("| coach |"))
