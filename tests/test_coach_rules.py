@@ -124,7 +124,7 @@ def test_a_stated_answer_counts_when_the_format_accepts_statements() -> None:
     assert "no_boxed_answer" in rules_of(strict) and "answer_stated" in rules_of(lenient)
     assert b.score - a.score == 3.0
     lenient.judge([record("verifier", 2, "It is 45, I think.", env_id="math-chat-v0")], MATH_ROLES)
-    assert "no_boxed_answer" in rules_of(lenient)
+    assert "no_answer_stated" in rules_of(lenient)  # same -2, named for what the coach looked for
 
 
 def test_boxed_roles_can_be_given_explicitly() -> None:
@@ -259,7 +259,7 @@ def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
     assert solver.score == plain[0].score + 2
     assert (
         coder.score == plain[1].score - 1 + 3
-    )  # wrong (-1), but stated, so no longer "no_boxed_answer" (-2 -> +1)
+    )  # wrong (-1), but stated, so no longer "no_answer_stated" (-2 -> +1)
     assert verifier.score == plain[2].score  # the final role is graded by the outcome, not twice
     assert "8, expected 7" in coder.rationale
 
@@ -318,3 +318,21 @@ def test_require_output_pays_no_clean_run_bonus_for_silent_code() -> None:
     ep[1].tool_results = [ToolResult("1/0", "", error="ZeroDivisionError: division by zero")]
     strict.judge(ep, roles)
     assert "code_error" in rules_of(strict, 1) and "code_silent" not in rules_of(strict, 1)
+
+
+def test_penalize_repetition_marks_a_reply_that_says_one_sentence_over_and_over() -> None:
+    """Round 2's coached replies: "Your answer is 9." until the token limit, which the grader never minds."""
+    looping = "4 + 5 = 9. Your answer is 9. Your answer is 9.\nYour  answer is 9. Your answer"
+    plain, strict = RuleCoach(), RuleCoach(penalize_repetition=True)
+    [a] = plain.judge([record("solver", 0, looping, env_id="math-chat-v0")], MATH_ROLES)
+    [b] = strict.judge([record("solver", 0, looping, env_id="math-chat-v0")], MATH_ROLES)
+    assert "repeated_sentence" not in rules_of(plain)  # off by default
+    assert "repeated_sentence" in rules_of(strict) and b.score == a.score - 1
+    assert "'your answer is 9.' x3" in b.rationale
+    for fine in (
+        "4 + 5 = 9. Your answer is 9.",  # said once
+        "Yes. Yes. Yes. The answer is 9.",  # too short to be a sentence
+        "```python\nfor i in range(3):\n    print(i)\n    print(i)\n    print(i)\n```\nIt printed 0 1 2.",
+    ):
+        strict.judge([record("solver", 0, fine, env_id="math-chat-v0")], MATH_ROLES)
+        assert "repeated_sentence" not in rules_of(strict), fine

@@ -10,11 +10,14 @@ Rules (points in :class:`RuleWeights`):
   (-2); an empty answer (-3); an answer cut at the length limit (-1). With ``require_output=True`` a clean run
   pays only if it showed something (printed or displayed output, or a file written); a silent one gets
   ``code_silent`` (-1) instead: code that does nothing visible runs cleanly by construction, and a policy trained
-  on the clean-run bonus alone learns to write it (docs/RESULTS.md, round 2, seed 1).
+  on the clean-run bonus alone learns to write it (docs/RESULTS.md, round 2, seed 1). With
+  ``penalize_repetition=True`` a reply that says the same sentence three or more times gets -1: a small model
+  trained to state its answer learns to state it until the token limit, and the grader, which reads the last
+  statement, never minds.
 - artifacts, on the action that ends the role's part: all required files present (+2), each missing one (-2).
 - answer format, on the action that ends the part of a role told to use ``\\boxed{}``: present (+1), absent (-2).
   With ``answer_format="boxed_or_statement"`` (match the env's own ``answer_format``) a final "the answer is N"
-  counts as present (``answer_stated``), as it does for the grader.
+  counts as present (``answer_stated``), as it does for the grader, and its absence is named ``no_answer_stated``.
 - outcome, when the record has one: the final role's last action gets success (+3) or failure (-2, softened by a
   partial reward); in hindsight every other role gets team success (+1) or team failure (-1).
 - intermediate answers (opt-in, ``check_answers=True``, hindsight only): the action that ends the part of a
@@ -59,6 +62,7 @@ class RuleWeights:
     no_code: float = -2.0
     empty_answer: float = -3.0
     action_clipped: float = -1.0
+    repeated_sentence: float = -1.0
     artifacts_saved: float = 2.0
     artifact_missing: float = -2.0
     answer_boxed: float = 1.0
@@ -106,7 +110,8 @@ class RuleCoach:
     ``final_roles``: roles whose last action the episode outcome grades; default, the role of the episode's last
     record. ``boxed_roles``: roles whose final answer must contain ``\\boxed{}``; default, roles whose system
     prompt or rubric mentions ``\\boxed``. ``require_output``: no clean-run bonus for code that printed nothing
-    and wrote no file (``code_silent``).
+    and wrote no file (``code_silent``). ``penalize_repetition``: ``repeated_sentence`` for a reply that says one
+    sentence three times or more.
     """
 
     name = "rules"
@@ -122,6 +127,7 @@ class RuleCoach:
         check_answers: bool = False,
         answer_format: str = "boxed",
         require_output: bool = False,
+        penalize_repetition: bool = False,
     ) -> None:
         if check_answers and not hindsight:
             raise ValueError(
@@ -132,6 +138,7 @@ class RuleCoach:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         self.check_answers = check_answers
         self.require_output = require_output
+        self.penalize_repetition = penalize_repetition
         self.answer_format = answer_format
         self.hindsight = hindsight
         self.final_roles = frozenset(final_roles) if final_roles is not None else None
@@ -186,6 +193,8 @@ class RuleCoach:
             fired.append(Fired("empty_answer", w.empty_answer))
         if r.action_clipped:
             fired.append(Fired("action_clipped", w.action_clipped))
+        if self.penalize_repetition and (repeat := _repeated_sentence(answer)) is not None:
+            fired.append(Fired("repeated_sentence", w.repeated_sentence, repeat))
 
         if r.tool_results:
             own = [
@@ -229,6 +238,8 @@ class RuleCoach:
                 fired.append(Fired("answer_boxed", w.answer_boxed))
             elif self.answer_format == "boxed_or_statement" and extract_statement(answer) is not None:
                 fired.append(Fired("answer_stated", w.answer_boxed))
+            elif self.answer_format == "boxed_or_statement":  # same points; the name says what was looked for
+                fired.append(Fired("no_answer_stated", w.no_boxed_answer))
             else:
                 fired.append(Fired("no_boxed_answer", w.no_boxed_answer))
 
@@ -322,6 +333,28 @@ class RuleCoach:
                     if producers:
                         found.append(_Blame(base, producers[-1], r.step, r.role, _one_line(t.error)))
         return found
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_REPEATS = 3
+
+
+def _repeated_sentence(text: str) -> str | None:
+    """The first sentence (or line) said at least three times in ``text``, with its count; None if there is none.
+
+    Code blocks are left out (a loop body or a column list repeats by design); very short fragments (a bare
+    number, a list bullet) are not sentences.
+    """
+    prose = re.sub(r"```.*?(?:```|$)", "\n", text, flags=re.DOTALL)
+    counts: dict[str, int] = {}
+    for piece in _SENTENCE_END.split(prose):
+        sentence = " ".join(piece.split()).lower()
+        if len(sentence) >= 8:
+            counts[sentence] = counts.get(sentence, 0) + 1
+    for sentence, n in counts.items():
+        if n >= _REPEATS:
+            return f"{_one_line(sentence, 60)!r} x{n}"
+    return None
 
 
 def _showed_anything(r: ActionRecord) -> bool:
