@@ -196,13 +196,13 @@ def seeds_table(groups: Sequence[SeedGroup], untrained: Arm, outcome: SeedGroup 
         if outcome is not None:
             reached = next((n for n, v in g.mean_curve() if v >= target - 1e-9), None)
             final_n = max((n for n, _ in outcome.mean_curve()), default=0)
-            cells.append(
-                "never"
-                if reached is None
-                else f"{reached} ({reached / final_n:.2f}×)"
-                if final_n
-                else str(reached)
-            )
+            cell = "never" if reached is None else str(reached)
+            if reached is not None and final_n:
+                cell += f" ({reached / final_n:.2f}×)"
+            if len(g.arms) > 1:  # a mean can hide a seed that never got there
+                each = [rollouts_to_reach(g.arms[seed], target) for seed in sorted(g.arms)]
+                cell += "; per seed: " + ", ".join("never" if n is None else str(n) for n in each)
+            cells.append(cell)
             cells.append(_paired(g, outcome) if g is not outcome else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -223,7 +223,7 @@ def _paired(group: SeedGroup, outcome: SeedGroup) -> str:
         won += mine[n] > theirs[n] + 1e-9
         lost += mine[n] < theirs[n] - 1e-9
         tied += abs(mine[n] - theirs[n]) <= 1e-9
-    return f"{won} / {tied} / {lost}" if won + tied + lost else "no shared seed"
+    return f"{won} / {tied} / {lost}" if won + tied + lost else "n/a"
 
 
 def plot_seeds(groups: Sequence[SeedGroup], out: Path) -> Path:
@@ -231,15 +231,18 @@ def plot_seeds(groups: Sequence[SeedGroup], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for g in groups:
         curve = g.mean_curve()
+        if len(curve) < 2:  # the untrained team is one point, already where every curve starts
+            continue
         xs = [n for n, _ in curve]
-        (line,) = ax.plot(xs, [v for _, v in curve], marker="o", label=f"{g.name} ({len(g.arms)} seeds)")
+        seeds = f"{len(g.arms)} seed" + ("s" if len(g.arms) > 1 else "")
+        (line,) = ax.plot(xs, [v for _, v in curve], marker="o", label=f"{g.name} ({seeds})")
         lows = [min(g.at(n)) for n in xs]
         highs = [max(g.at(n)) for n in xs]
         ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
     ax.set(
         title="Held-out success: mean over seeds, shaded from worst to best seed", xlabel="training episodes"
     )
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left")
     return save_figure(fig, out)
 
 

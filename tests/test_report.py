@@ -94,7 +94,7 @@ def test_seeds_are_grouped_into_arms_with_spread_and_paired_comparison(tmp_path,
     assert "0.250 ± 0.200 (0.050–0.450, 3 seeds)" in coach_line  # @ 40: mean, sd, range of all three
     assert "0.300 ± 0.071 (0.250–0.350, 2 seeds)" in coach_line  # @ 80: seed 2 never got there
     # the target is outcome-only's mean final (0.25); the coach's mean curve reaches it at 40 episodes
-    assert "(0.250)" in seeds and "40 (0.50×)" in coach_line
+    assert "(0.250)" in seeds and "40 (0.50×); per seed: 40, 80, 40" in coach_line
     assert "1 / 0 / 1" in coach_line  # won at seed 0 (0.35 > 0.20), lost at seed 1 (0.25 < 0.30)
     assert "| +15.0 |" in coach_line  # lift at the last evaluation every seed reached (40: 0.25 - 0.10)
     assert "0.250 ± 0.071 (0.200–0.300, 2 seeds)" in outcome_line
