@@ -11,8 +11,8 @@ prints a Markdown table (held-out success and mean outcome reward per evaluation
 rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
 ``<out>-roles.png`` and ``<out>-by-tag.md``.
 
-One seed proves little (docs/RESULTS.md has two seeds with opposite results), so runs named ``<arm>-seedN`` are
-also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
+One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
+``<arm>-seedN`` are also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
 evaluation, the episodes its mean curve needed to reach the outcome-only group's mean final, and how often it beat
 outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Give each outcome-only seed
 its own ``--outcome``.
@@ -78,10 +78,11 @@ def load_arm(run_dir: Path, untrained: Arm | None = None) -> Arm:
 
 def rollouts_to_reach(arm: Arm, target: float) -> int | None:
     """Training episodes at the first evaluation where the arm's success is at least ``target`` (None: never)."""
-    for n, value in arm.curve():
-        if value >= target - 1e-9:
-            return n
-    return None
+    return _first_reaching(arm.curve(), target)
+
+
+def _first_reaching(curve: Sequence[tuple[int, float]], target: float) -> int | None:
+    return next((n for n, value in curve if value >= target - 1e-9), None)
 
 
 def summary_table(arms: Sequence[Arm], untrained: Arm, outcome: Arm | None) -> str:
@@ -194,7 +195,7 @@ def seeds_table(groups: Sequence[SeedGroup], untrained: Arm, outcome: SeedGroup 
         cells += [_spread(g.at(n)) for n in points]
         cells.append(f"{100 * (g.final - untrained.final):+.1f}")
         if outcome is not None:
-            reached = next((n for n, v in g.mean_curve() if v >= target - 1e-9), None)
+            reached = _first_reaching(g.mean_curve(), target)
             final_n = max((n for n, _ in outcome.mean_curve()), default=0)
             cell = "never" if reached is None else str(reached)
             if reached is not None and final_n:

@@ -236,10 +236,11 @@ class RuleCoach:
         if r.ends_turn and self._boxed(role):
             if _BOXED.search(answer):
                 fired.append(Fired("answer_boxed", w.answer_boxed))
-            elif self.answer_format == "boxed_or_statement" and extract_statement(answer) is not None:
-                fired.append(Fired("answer_stated", w.answer_boxed))
-            elif self.answer_format == "boxed_or_statement":  # same points; the name says what was looked for
-                fired.append(Fired("no_answer_stated", w.no_boxed_answer))
+            elif self.answer_format == "boxed_or_statement":
+                if extract_statement(answer) is not None:
+                    fired.append(Fired("answer_stated", w.answer_boxed))
+                else:  # same points as no_boxed_answer; the name says what was looked for
+                    fired.append(Fired("no_answer_stated", w.no_boxed_answer))
             else:
                 fired.append(Fired("no_boxed_answer", w.no_boxed_answer))
 
