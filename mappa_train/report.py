@@ -9,7 +9,9 @@ decoding, the same seeds and adapters that start as the identity, it is the same
 
 prints a Markdown table (held-out success and mean outcome reward per evaluation, lift over the untrained team,
 rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
-``<out>-roles.png`` and ``<out>-by-tag.md``.
+``<out>-roles.png`` and ``<out>-by-tag.md``; when the runs have transcripts, ``<out>-actions.md`` says what each
+role's actions did at the last held-out evaluation (code that ran clean, failed or never ran; files written),
+which shows a team changing even where every arm's success is 0.
 
 One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
 ``<arm>-seedN`` are also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
@@ -270,6 +272,71 @@ def by_tag_table(arms: Sequence[Arm]) -> str:
     return "\n".join(lines)
 
 
+def code_status(action: dict) -> str:
+    """``"none"`` / ``"error"`` / ``"ok"`` for one transcript action; older transcripts are read from their text."""
+    if "code" in action:
+        return action["code"]
+    text = action.get("tool_output") or ""
+    if not text:
+        return "none"
+    return "error" if re.search(r"^\[error\] ", text, re.MULTILINE) else "ok"
+
+
+def last_eval_episodes(run_dir: Path) -> tuple[int, list[dict]]:
+    """The step and the episodes of the run's last held-out evaluation in ``transcripts.jsonl`` (``[]``: none)."""
+    path = run_dir / "transcripts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    rows = [r for r in rows if r.get("split") != "train"]
+    if not rows:
+        return 0, []
+    last = max(r["step"] for r in rows)
+    return last, [r for r in rows if r["step"] == last]
+
+
+def actions_table(runs: Sequence[Path]) -> str:
+    """Markdown: per run and role, what the actions of the last held-out evaluation did.
+
+    Success can be 0 for every arm while the team's behaviour moved (code that now runs, files now written); this
+    table shows that, from the transcripts, whatever the reward was. ``files written`` is blank for transcripts
+    written before the trainer logged it.
+    """
+    head = [
+        "run",
+        "eval step",
+        "role",
+        "actions",
+        "code ran clean",
+        "code failed",
+        "no code ran",
+        "files written",
+        "mean action reward",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        step, episodes = last_eval_episodes(run)
+        by_role: dict[str, list[dict]] = {}
+        for episode in episodes:
+            for action in episode["actions"]:
+                by_role.setdefault(action["role"], []).append(action)
+        for role, actions in by_role.items():
+            n = len(actions)
+            status = [code_status(a) for a in actions]
+            logged = [a["files_written"] for a in actions if "files_written" in a]
+            files = f"{sum(bool(f) for f in logged) / len(logged):.0%}" if len(logged) == n else ""
+            reward = statistics.fmean(float(a.get("reward") or 0.0) for a in actions)
+            cells = [
+                run.name,
+                str(step),
+                role,
+                str(n),
+                *(f"{status.count(s) / n:.0%}" for s in ("ok", "error", "none")),
+                files,
+                f"{reward:.3f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_success(arms: Sequence[Arm], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
@@ -339,6 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.out.with_name(args.out.name + "-by-tag.md")
         path.write_text(by_tag_table(arms))
         print(path)
+        runs = [args.untrained, *args.runs, *args.outcome]
+        if any((run / "transcripts.jsonl").exists() for run in runs):
+            path = args.out.with_name(args.out.name + "-actions.md")
+            path.write_text(actions_table(runs) + "\n")
+            print(path)
     return 0
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mappa_envs.records import ActionRecord
 from mappa_train.rollout import Episode
 
 
@@ -74,6 +75,8 @@ class RunLogger:
                             "turn": r.turn,
                             "action": r.action,
                             "tool_output": r.tool_output_text(limit=2000),
+                            "code": code_status(r),
+                            "files_written": [f.name for f in r.files_written()],
                             "reward": reward,
                             "judgement": None if r.judgement is None else r.judgement.__dict__,
                         }
@@ -85,6 +88,13 @@ class RunLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def code_status(record: ActionRecord) -> str:
+    """``"none"`` (no block ran), ``"error"`` (a block failed) or ``"ok"``: what a transcript reader counts."""
+    if not record.ran_code:
+        return "none"
+    return "error" if record.had_error else "ok"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -109,3 +109,66 @@ def test_group_seeds_refuses_two_runs_of_one_seed(tmp_path):
     assert seed_of("math-coach-seed12") == ("math-coach", 12) and seed_of("math-coach") == ("math-coach", 0)
     with pytest.raises(ValueError, match="two runs are coach seed 0"):
         group_seeds([Arm("coach"), Arm("coach-seed0")])
+
+
+def _record(role: str, results: list, written: tuple[str, ...] = ()):
+    from mappa_envs.records import ActionRecord, FileInfo
+
+    return ActionRecord(
+        env_id="dsbench-3agent-v0",
+        task_id="t",
+        task_tags=(),
+        episode_id="e",
+        step=0,
+        role=role,
+        turn=0,
+        round=0,
+        observation=[],
+        action="```python\n...\n```" if results else "no code",
+        visible_action="",
+        tool_results=results,
+        files_after=[FileInfo(name, 10) for name in written],
+    )
+
+
+def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
+    """From the trainer's own transcripts (structured fields) and from older ones (the tool output's text)."""
+    from mappa_envs.records import ToolResult
+    from mappa_train.report import actions_table
+    from mappa_train.rollout import Episode
+    from mappa_train.runlog import RunLogger
+
+    ok, failed = (
+        ToolResult("x = 1"),
+        ToolResult("1/0", stderr="Traceback", error="ZeroDivisionError: division"),
+    )
+    run = tmp_path / "coach"
+    log = RunLogger(run, tensorboard=False)
+    early = [_record("engineer", [failed]), _record("analyst", [])]
+    log.transcripts(0, "eval", [Episode(early, [], {}, "t", rewards=[0.1, 0.0])])
+    episodes = [
+        Episode(
+            [_record("engineer", [ok], ("X.pkl",)), _record("analyst", [ok, failed])],
+            [],
+            {},
+            "t",
+            rewards=[0.8, 0.3],
+        ),
+        Episode([_record("engineer", []), _record("analyst", [ok])], [], {}, "t", rewards=[0.2, 0.6]),
+    ]
+    log.transcripts(2, "train", [Episode(early, [], {}, "t", rewards=[0.0, 0.0])])
+    log.transcripts(2, "eval", episodes)
+    rows = [json.loads(line) for line in (run / "transcripts.jsonl").read_text().splitlines()]
+    assert rows[-2]["actions"][0]["files_written"] == ["X.pkl"] and rows[-2]["actions"][1]["code"] == "error"
+    # an older transcript: no structured fields, only the text the agents saw
+    old = tmp_path / "old"
+    old.mkdir()
+    for row in rows:
+        for action in row["actions"]:
+            del action["code"], action["files_written"]
+    (old / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = actions_table([run, old]).splitlines()
+    assert "| coach | 2 | engineer | 2 | 50% | 0% | 50% | 50% | 0.500 |" in table
+    assert "| coach | 2 | analyst | 2 | 50% | 50% | 0% | 0% | 0.450 |" in table
+    assert "| old | 2 | engineer | 2 | 50% | 0% | 50% |  | 0.500 |" in table
+    assert "| old | 2 | analyst | 2 | 50% | 50% | 0% |  | 0.450 |" in table
