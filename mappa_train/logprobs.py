@@ -45,31 +45,13 @@ def pack_samples(
             raise ValueError(
                 f"sample {i}: {len(s.completion_ids)} completion ids but {len(s.behaviour_logprobs)} log-probs"
             )
-        if not s.prompt_ids:
-            raise ValueError(f"sample {i}: empty prompt (the first completion token needs a preceding token)")
-    batch = len(samples)
-    seq_len = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
-    comp_len = max(len(s.completion_ids) for s in samples)
-    input_ids = torch.full((batch, seq_len), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, seq_len), dtype=torch.long)
-    position_ids = torch.zeros((batch, seq_len), dtype=torch.long)
-    completion_mask = torch.zeros((batch, comp_len), dtype=torch.bool)
-    behaviour = torch.zeros((batch, comp_len), dtype=torch.float32)
+    out: dict[str, torch.Tensor | list] = right_padded(
+        [s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id
+    )
+    behaviour = torch.zeros(out["completion_mask"].shape, dtype=torch.float32)
     for b, s in enumerate(samples):
-        ids = list(s.prompt_ids) + list(s.completion_ids)
-        n, c = len(ids), len(s.completion_ids)
-        input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[b, :n] = 1
-        position_ids[b, :n] = torch.arange(n)
-        completion_mask[b, :c] = True
-        behaviour[b, :c] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
-    out: dict[str, torch.Tensor | list] = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long),
-        "completion_lengths": torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.long),
-        "completion_mask": completion_mask,
+        behaviour[b, : len(s.completion_ids)] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+    out |= {
         "behaviour_logprobs": behaviour,
         "rewards": torch.tensor([s.reward for s in samples], dtype=torch.float32),
         "outcome_rewards": torch.tensor([s.outcome_reward for s in samples], dtype=torch.float32),
@@ -80,6 +62,43 @@ def pack_samples(
     out["roles"] = [s.role for s in samples]
     out["groups"] = [s.group for s in samples]
     return out
+
+
+def right_padded(
+    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """The model input of :func:`pack_samples` (and of :func:`token_logprobs`) for prompt/completion id pairs.
+
+    ``input_ids``, ``attention_mask``, ``position_ids`` ``[B, L]``; ``prompt_lengths``, ``completion_lengths``
+    ``[B]``; ``completion_mask`` ``[B, T]``.
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    for i, prompt in enumerate(prompt_ids):
+        if not prompt:
+            raise ValueError(f"sample {i}: empty prompt (the first completion token needs a preceding token)")
+    batch = len(prompt_ids)
+    seq_len = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
+    comp_len = max(len(c) for c in completion_ids)
+    input_ids = torch.full((batch, seq_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, seq_len), dtype=torch.long)
+    position_ids = torch.zeros((batch, seq_len), dtype=torch.long)
+    completion_mask = torch.zeros((batch, comp_len), dtype=torch.bool)
+    for b, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        ids = list(prompt) + list(completion)
+        n = len(ids)
+        input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, :n] = 1
+        position_ids[b, :n] = torch.arange(n)
+        completion_mask[b, : len(completion)] = True
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "prompt_lengths": torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),
+        "completion_lengths": torch.tensor([len(c) for c in completion_ids], dtype=torch.long),
+        "completion_mask": completion_mask,
+    }
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -57,6 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mappa_train.logprobs import right_padded, token_logprobs
 from mappa_train.types import Generation, Message
 
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_\-]+")
@@ -496,49 +497,21 @@ class TeamPolicy:
     def _score(
         self, model, prompt_ids, completion_ids, temperature: float, chunk_tokens: int
     ) -> list[torch.Tensor]:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        decoder, head = base.get_decoder(), base.get_output_embeddings()
         device = next(model.parameters()).device
-        seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-        batch, width = len(seqs), max(len(s) for s in seqs)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=False)
-        hidden = hidden.last_hidden_state
-        # Row i's completion sits in the last c_i columns; its token at column t is predicted from column t - 1.
-        rows, cols, lengths = [], [], []
-        for i, c in enumerate(completion_ids):
-            n = len(c)
-            lengths.append(n)
-            rows.extend([i] * n)
-            cols.extend(range(width - n - 1, width - 1))
-        if not rows:
-            return [torch.zeros(0, device=device) for _ in seqs]
-        rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        h = hidden[rows_t, cols_t]
-        targets = input_ids[rows_t, cols_t + 1]
-        softcap = getattr(self.config, "final_logit_softcapping", None)
-        use_ckpt = torch.is_grad_enabled() and h.requires_grad
-        parts = []
-        for start in range(0, h.shape[0], chunk_tokens):
-            args = (
-                head,
-                h[start : start + chunk_tokens],
-                targets[start : start + chunk_tokens],
-                temperature,
-                softcap,
-            )
-            if use_ckpt:
-                parts.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
-            else:
-                parts.append(_chunk_logprobs(*args))
-        flat = torch.cat(parts)
-        return list(torch.split(flat, lengths))
+        batch = {
+            k: v.to(device) for k, v in right_padded(prompt_ids, completion_ids, self.pad_token_id).items()
+        }
+        logp = token_logprobs(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["prompt_lengths"],
+            batch["completion_mask"],
+            position_ids=batch["position_ids"],
+            chunk_size=chunk_tokens,
+            temperature=temperature,
+        )
+        return [logp[i, : len(c)] for i, c in enumerate(completion_ids)]
 
     # ------------------------------------------------------------------------------------------------ persistence
 
@@ -623,16 +596,6 @@ class TeamPolicy:
                 load_model(
                     self.models[role], str(folder / "model.safetensors"), strict=True, device=str(self.device)
                 )
-
-
-def _chunk_logprobs(
-    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, temperature: float, softcap
-) -> torch.Tensor:
-    logits = head(h).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logits = logits / temperature
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0):
