@@ -3,6 +3,7 @@
 mappa train --config configs/demo.yaml steps=4 out_dir=runs/try   # key=value overrides any config field
 mappa train --config configs/demo.yaml --resume                    # continue a killed run
 mappa eval --config configs/demo.yaml --checkpoint runs/try/checkpoints/step-000004
+mappa eval --config configs/demo.yaml --checkpoint runs/try/checkpoints/step-000002 --log  # into runs/try's logs
 accelerate launch --num_processes 2 -m mappa_train.cli train --config ...   # data-parallel update
 """
 
@@ -47,17 +48,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mappa_train.runlog import RunLogger, read_metrics
     from mappa_train.trainer import Trainer
 
     config = _config(args)
     trainer = Trainer(config)
     if args.checkpoint and not trainer.resume(Path(args.checkpoint)):
         print(f"no checkpoint at {args.checkpoint}", file=sys.stderr)
+        trainer.close()
+        return 2
+    run = Path(config.out_dir)
+    if args.log and any(
+        r.get("step") == trainer.step and "eval/success_rate" in r
+        for r in read_metrics(run / "metrics.jsonl")
+    ):
+        print(
+            f"{run}/metrics.jsonl already has a held-out evaluation at step {trainer.step}; nothing was run",
+            file=sys.stderr,
+        )
+        trainer.close()
         return 2
     try:
-        metrics, _ = trainer.evaluate()
+        metrics, episodes = trainer.evaluate()
     finally:
         trainer.close()
+    if args.log:  # as the trainer logs its own evaluations: the report reads them like any other
+        logger = RunLogger(run, tensorboard=False, keep=True)
+        logger.log(trainer.step, {**metrics, "episodes_seen": trainer.episodes_seen})
+        logger.transcripts(trainer.step, "eval", episodes)
+        logger.close()
+        print(f"logged to {run}/metrics.jsonl and transcripts.jsonl at step {trainer.step}")
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -114,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a team on the held-out tasks")
     p.add_argument("--config")
     p.add_argument("--checkpoint", help="checkpoint folder to load (default: the untrained team)")
+    p.add_argument(
+        "--log",
+        action="store_true",
+        help="append the evaluation to the config's out_dir (metrics.jsonl, transcripts.jsonl) at the "
+        "checkpoint's step, e.g. for a run killed before its final evaluation",
+    )
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_eval)
     return parser

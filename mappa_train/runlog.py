@@ -23,13 +23,18 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    def __init__(self, out_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self, out_dir: Path, resume_step: int | None = None, tensorboard: bool = True, keep: bool = False
+    ) -> None:
+        """A fresh log (``resume_step=None``), one cut after ``resume_step``, or, with ``keep``, the files as they
+        are (``mappa eval --log`` adds a row to a finished or killed run without touching its history)."""
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
         self.transcripts_path = out_dir / "transcripts.jsonl"
-        for path in (self.metrics_path, self.transcripts_path):
-            self._truncate_after(path, resume_step)
+        if not keep:
+            for path in (self.metrics_path, self.transcripts_path):
+                self._truncate_after(path, resume_step)
         self._tb = None
         if tensorboard:
             try:

@@ -54,6 +54,21 @@ def test_train_then_play_and_eval_the_checkpoint(tmp_path, capsys):
         == 0
     )
     assert '"eval/success_rate"' in capsys.readouterr().out
+    # --log: the evaluation lands in the config's out_dir like the trainer's own, once per step
+    logged = tmp_path / "logged"
+    evaluate = ["eval", "--config", TINY, "--checkpoint", str(run / "checkpoints" / "step-000001"), "--log"]
+    assert main([*evaluate, f"out_dir={logged}", "progress=false"]) == 0
+    (row,) = [json.loads(line) for line in (logged / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 1 and row["episodes_seen"] > 0 and "eval/success_rate" in row
+    episodes = [json.loads(line) for line in (logged / "transcripts.jsonl").read_text().splitlines()]
+    assert episodes and {(e["step"], e["split"]) for e in episodes} == {(1, "eval")}
+    assert main([*evaluate, f"out_dir={logged}", "progress=false"]) == 2
+    assert "already has a held-out evaluation at step 1" in capsys.readouterr().err
+    assert len((logged / "metrics.jsonl").read_text().splitlines()) == 1
+    # the untrained team (no checkpoint) is step 0: appended, the step-1 row kept
+    assert main(["eval", "--config", TINY, "--log", f"out_dir={logged}", "progress=false"]) == 0
+    steps = [json.loads(line)["step"] for line in (logged / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 0]
     with pytest.raises(SystemExit, match="no checkpoint at"):
         main(
             [
