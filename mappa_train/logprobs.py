@@ -229,3 +229,18 @@ def token_logprobs(
         (rows, cols), flat_entropy
     )
     return out, entropy
+
+
+def batch_logprobs(
+    model: nn.Module, batch: dict, **kwargs
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` on a batch laid out by :func:`right_padded` or :func:`pack_samples`."""
+    return token_logprobs(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["prompt_lengths"],
+        batch["completion_mask"],
+        position_ids=batch["position_ids"],
+        **kwargs,
+    )

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mappa_train.logprobs import right_padded, token_logprobs
+from mappa_train.logprobs import batch_logprobs, right_padded
 from mappa_train.types import Generation, Message
 
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_\-]+")
@@ -501,16 +501,7 @@ class TeamPolicy:
         batch = {
             k: v.to(device) for k, v in right_padded(prompt_ids, completion_ids, self.pad_token_id).items()
         }
-        logp = token_logprobs(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["prompt_lengths"],
-            batch["completion_mask"],
-            position_ids=batch["position_ids"],
-            chunk_size=chunk_tokens,
-            temperature=temperature,
-        )
+        logp = batch_logprobs(model, batch, chunk_size=chunk_tokens, temperature=temperature)
         return [logp[i, : len(c)] for i, c in enumerate(completion_ids)]
 
     # ------------------------------------------------------------------------------------------------ persistence

@@ -24,7 +24,7 @@ from mappa_train.algorithms import (
     policy_loss,
     reinforce_pp_advantages,
 )
-from mappa_train.logprobs import pack_samples, token_logprobs
+from mappa_train.logprobs import batch_logprobs, pack_samples
 from mappa_train.types import Sample
 
 LOGPROB_CHUNK = 512
@@ -54,16 +54,7 @@ def _pad(rows: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _score(model: Any, samples: Sequence[Sample], pad_id: int, device: torch.device, **kw: Any):
     batch = pack_samples(samples, pad_id, device=device)
-    return batch, token_logprobs(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["prompt_lengths"],
-        batch["completion_mask"],
-        position_ids=batch["position_ids"],
-        chunk_size=LOGPROB_CHUNK,
-        **kw,
-    )
+    return batch, batch_logprobs(model, batch, chunk_size=LOGPROB_CHUNK, **kw)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_train.algorithms import policy_loss
 from mappa_train.config import TrainConfig
-from mappa_train.logprobs import pack_samples, token_logprobs
+from mappa_train.logprobs import batch_logprobs, pack_samples
 from mappa_train.models import tiny_model_and_tokenizer
 from mappa_train.policy import TeamPolicy
 from mappa_train.runlog import read_metrics
@@ -123,14 +123,7 @@ def _solver_logprobs(policy: TeamPolicy, samples: list[Sample]) -> tuple[dict, t
     """The batch and its ``[B, T]`` completion log-probs under the solver's current weights."""
     batch = pack_samples(samples, policy.pad_id)
     with torch.no_grad(), policy.forward_role("solver") as model:
-        logp = token_logprobs(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["prompt_lengths"],
-            batch["completion_mask"],
-            position_ids=batch["position_ids"],
-        )
+        logp = batch_logprobs(model, batch)
     return batch, logp
 
 
