@@ -41,6 +41,11 @@ class TrainConfig:
     algorithm: str = "reinforce_pp"  # "reinforce_pp", "outcome_only", "grpo"
     loss: str = "ppo"  # "ppo" (clipped surrogate) or "reinforce"
     kl_beta: float = 0.01  # per-token KL penalty folded into the reward (REINFORCE++)
+    # the "old" log-probs of the PPO ratio and the KL term: "recompute" = one no-grad forward of the scorer before
+    # the update, so the first step's KL is exactly 0 and constant rewards move nothing; "sampler" = those taken
+    # while sampling (no extra forward, but KV-cached sampling differs from scoring by float noise, which AdamW
+    # turns into full-size steps; the published maths runs used it)
+    old_logprobs: str = "recompute"
     gamma: float = 1.0
     clip_eps: float = 0.2
     normalize_per_role: bool = True  # advantage mean/std per role (True) or across all roles (False)
@@ -97,6 +102,7 @@ class TrainConfig:
             "mode": ("lora", "full"),
             "algorithm": ("reinforce_pp", "outcome_only", "grpo"),
             "loss": ("ppo", "reinforce"),
+            "old_logprobs": ("recompute", "sampler"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

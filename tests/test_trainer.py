@@ -301,3 +301,44 @@ def test_accelerate_launch_with_two_cpu_processes_completes_a_step(tmp_path):
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert rows[-1]["step"] == 1 and rows[-1]["train/episodes"] == 4  # 2 processes × 2 episodes each
     assert (tmp_path / "checkpoints" / "step-000001").is_dir()
+
+
+@pytest.mark.parametrize("old_logprobs", ["recompute", "sampler"])
+def test_constant_rewards_move_nothing_only_when_old_logprobs_are_recomputed(old_logprobs):
+    """Regression (DSBench step 1): outcome-only rewards were all 0, yet every adapter moved one full AdamW step,
+    because the sampler's log-probs differ from the scorer's by float noise and that noise fed the KL reward."""
+    torch.manual_seed(0)
+    model, tokenizer = tiny_model_and_tokenizer()
+    policy = TeamPolicy(model, tokenizer, ["solver"], max_new_tokens=8, temperature=1.0)
+    config = TrainConfig.from_dict(
+        {},
+        [
+            "temperature=1.0",
+            "lr=0.01",
+            "micro_batch=4",
+            "adv_std_floor=0.05",
+            "mask_truncated=false",
+            f"old_logprobs={old_logprobs}",
+        ],
+    )
+    samples = _fixed_batch(policy, tokenizer)
+    _refresh(policy, samples)
+    noise = torch.Generator().manual_seed(1)
+    for s in samples:  # what a KV-cached sampler records: the scorer's values plus float noise
+        jitter = 1e-4 * torch.randn(len(s.completion_ids), generator=noise)
+        s.behaviour_logprobs = (torch.tensor(s.behaviour_logprobs) + jitter).tolist()
+        s.reward = 0.0
+    optimizer = torch.optim.AdamW(  # as the trainer builds it (torch's default weight decay would move A)
+        policy.trainable_parameters("solver"), lr=config.lr, weight_decay=config.weight_decay
+    )
+    before = adapter_state(policy)
+    prepared, stats = compute_advantages(policy, samples, config)
+    update_role(policy, optimizer, "solver", samples, prepared, list(range(len(samples))), config)
+    moved = max(float((adapter_state(policy)[k] - v).abs().max()) for k, v in before.items())
+    if old_logprobs == "recompute":
+        assert stats["kl/solver"] == 0.0 and all(bool((a == 0).all()) for a in prepared.advantages)
+        assert moved == 0.0
+        assert 2e-5 < stats["sampler_gap/solver"] < 2e-4  # the injected noise, measured
+    else:
+        assert stats["kl/solver"] != 0.0 and "sampler_gap/solver" not in stats
+        assert moved > 1e-3  # ~lr: AdamW normalised the noise gradient into a full step
