@@ -134,7 +134,9 @@ def compute_advantages(
         stats[f"kl/{role}"] = float(masked_mean(result.kl, m))
         stats[f"advantage_mean/{role}"] = float(masked_mean(result.advantages, m))
         stats[f"return_mean/{role}"] = float(masked_mean(result.returns, m))
-        if old is not behaviour:  # the sampler/scorer mismatch, per token: ~1e-4 on CPU float32, more with vLLM
+        if (
+            old is not behaviour
+        ):  # the sampler/scorer mismatch, per token: ~1e-4 on CPU float32, more with vLLM
             stats[f"sampler_gap/{role}"] = float(masked_mean((_pad(old) - _pad(behaviour)).abs(), m))
     return prepared, stats
 
