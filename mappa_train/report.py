@@ -14,7 +14,7 @@ role's actions did at the last held-out evaluation (code that ran clean, failed 
 which shows a team changing even where every arm's success is 0.
 
 One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
-``<arm>-seedN`` are also grouped with ``<arm>`` (seed 0) into one arm: a second table gives each group's mean, spread and range per
+``<arm>-seedN`` are also grouped with ``<arm>`` into one arm, each under the seed its config.json records: a second table gives each group's mean, spread and range per
 evaluation, the episodes its mean curve needed to reach the outcome-only group's mean final, and how often it beat
 outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Give each outcome-only seed
 its own ``--outcome``.
@@ -53,6 +53,7 @@ class Arm:
     reward: str = "coach"
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (episodes seen, eval metrics)
     rows: list[dict] = field(default_factory=list)
+    seed: int | None = None  # the trained seed from the run's config.json (None: unknown, read from the name)
 
     def curve(self, key: str = SUCCESS) -> list[tuple[int, float]]:
         return [(n, m[key]) for n, m in self.evals if key in m]
@@ -67,8 +68,13 @@ def load_arm(run_dir: Path, untrained: Arm | None = None) -> Arm:
     """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own."""
     rows = read_metrics(run_dir / "metrics.jsonl")
     config = run_dir / "config.json"
-    reward = json.loads(config.read_text()).get("reward", "coach") if config.exists() else "coach"
-    arm = Arm(run_dir.name, reward=reward, rows=[r for r in rows if r.get("step", 0) > 0])
+    saved = json.loads(config.read_text()) if config.exists() else {}
+    arm = Arm(
+        run_dir.name,
+        reward=saved.get("reward", "coach"),
+        rows=[r for r in rows if r.get("step", 0) > 0],
+        seed=saved.get("seed"),
+    )
     for row in rows:
         metrics = {k: v for k, v in row.items() if k.startswith("eval")}
         if SUCCESS in metrics:
@@ -156,10 +162,20 @@ class SeedGroup:
 
 
 def group_seeds(arms: Sequence[Arm]) -> list[SeedGroup]:
-    """Arms grouped by name without ``-seedN``, in first-seen order."""
+    """Arms grouped by name without ``-seedN``, in first-seen order.
+
+    The seed is the one the run's config.json records, so that a run is paired with outcome-only at the seed it was
+    really trained with; a ``-seedN`` name that contradicts it is refused rather than mis-paired.
+    """
     groups: dict[str, SeedGroup] = {}
     for arm in arms:
         name, seed = seed_of(arm.name)
+        if arm.seed is not None and arm.seed != seed and _SEED_SUFFIX.search(arm.name):
+            raise ValueError(
+                f"run {arm.name} is named seed {seed} but its config.json says seed {arm.seed}: "
+                f"rename the folder to {name}-seed{arm.seed} (or {name} for seed 0)"
+            )
+        seed = arm.seed if arm.seed is not None else seed
         group = groups.setdefault(name, SeedGroup(name, {}))
         if seed in group.arms:
             raise ValueError(f"two runs are {name} seed {seed}: {group.arms[seed].name} and {arm.name}")

@@ -109,6 +109,13 @@ def test_group_seeds_refuses_two_runs_of_one_seed(tmp_path):
     assert seed_of("math-coach-seed12") == ("math-coach", 12) and seed_of("math-coach") == ("math-coach", 0)
     with pytest.raises(ValueError, match="two runs are coach seed 0"):
         group_seeds([Arm("coach"), Arm("coach-seed0")])
+    # the seed a run was trained with (its config.json) wins over the folder name, and a contradiction is refused
+    (group,) = group_seeds([Arm("coach"), Arm("coach-seed3", seed=3)])
+    assert sorted(group.arms) == [0, 3]
+    (group,) = group_seeds([Arm("coach", seed=2)])
+    assert list(group.arms) == [2]
+    with pytest.raises(ValueError, match="named seed 1 but its config.json says seed 2.*coach-seed2"):
+        group_seeds([Arm("coach-seed1", seed=2)])
 
 
 def _record(role: str, results: list, written: tuple[str, ...] = ()):
