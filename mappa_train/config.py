@@ -59,6 +59,8 @@ class TrainConfig:
         True  # actions cut by max_new_tokens carry no loss (they never finished their answer)
     )
     micro_batch: int = 8
+    # recompute each layer in backward instead of storing its activations: less memory on long rows, ~1 more forward
+    gradient_checkpointing: bool = False
     # loop
     steps: int = 10  # 0 = evaluate the untrained team only (the "no training" arm of an experiment)
     episodes_per_step: int = 8

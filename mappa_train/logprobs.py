@@ -101,7 +101,7 @@ def right_padded(
     }
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The transformers ``*ForCausalLM`` inside DDP / DeepSpeed (``.module``) and peft (``get_base_model()``)."""
     while True:
         if hasattr(model, "get_base_model") and model.get_base_model() is not model:
@@ -175,7 +175,7 @@ def token_logprobs(
     (``set_adapter``, or ``disable_adapter()`` for the reference). Not for FSDP, whose sharded head cannot be
     called outside the root forward.
     """
-    base = _unwrap(model)
+    base = unwrap_model(model)
     body, head = base.get_decoder(), base.get_output_embeddings()
     if body is None or head is None:
         raise TypeError(f"{type(base).__name__} exposes no decoder body / output embeddings")

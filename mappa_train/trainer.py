@@ -56,7 +56,7 @@ def build_policy(config: TrainConfig, roles: list[str]):
     from mappa_train.policy import TeamPolicy
 
     model, tokenizer = load_base(config.model)
-    return TeamPolicy(
+    policy = TeamPolicy(
         model,
         tokenizer,
         roles,
@@ -68,6 +68,7 @@ def build_policy(config: TrainConfig, roles: list[str]):
         top_p=config.top_p,
         max_prompt_tokens=config.max_prompt_tokens,
     )
+    return policy.enable_gradient_checkpointing() if config.gradient_checkpointing else policy
 
 
 def episode_metrics(prefix: str, episodes: Sequence[Episode]) -> dict[str, float]:

@@ -330,3 +330,48 @@ def test_load_base_tiny():
     policy = TeamPolicy(model, tokenizer, ["x"], max_new_tokens=4)
     gens = policy.generate("x", PROMPTS[:2])
     assert all(math.isfinite(x) for g in gens for x in g.logprobs)
+
+
+def _grads_and_layer_calls(policy: TeamPolicy, role: str, gens: list[Generation]):
+    """LoRA gradients of one backward, and how often the first decoder layer ran (2 = recomputed in backward)."""
+    from mappa_train.logprobs import unwrap_model
+
+    with policy.forward_role(role) as model:
+        mlp = unwrap_model(model).get_decoder().layers[0].mlp  # inside the checkpointed layer's forward
+    calls = {"n": 0}
+    forward = mlp.forward
+
+    def counted(*args, **kwargs):  # not a forward hook: torch's checkpoint replays the layer without hooks
+        calls["n"] += 1
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    policy.train()
+    try:
+        prompts, completions = pairs(gens)
+        params = policy.trainable_parameters(role)
+        loss = -torch.cat(policy.logprobs(role, prompts, completions)).mean()
+        grads = torch.autograd.grad(loss, params)
+    finally:
+        del mlp.forward
+        policy.eval()
+    return grads, calls["n"]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(tiny, mode):
+    policy = make_policy(tiny, mode=mode)
+    torch.manual_seed(7)
+    gens = policy.generate("coder", PROMPTS)
+    one_step(policy, "coder", gens)  # LoRA-B leaves zero: every LoRA weight now has a non-zero gradient
+    plain, calls_plain = _grads_and_layer_calls(policy, "coder", gens)
+    policy.enable_gradient_checkpointing()
+    checkpointed, calls_ckpt = _grads_and_layer_calls(policy, "coder", gens)
+    assert (calls_plain, calls_ckpt) == (
+        1,
+        2,
+    )  # the layer ran again in backward instead of keeping activations
+    assert len(plain) == len(checkpointed) and any(g.abs().max() > 0 for g in plain)
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert all(len(g.completion_ids) > 0 for g in policy.generate("coder", PROMPTS))  # generation still works

@@ -342,3 +342,14 @@ def test_constant_rewards_move_nothing_only_when_old_logprobs_are_recomputed(old
     else:
         assert stats["kl/solver"] != 0.0 and "sampler_gap/solver" not in stats
         assert moved > 1e-3  # ~lr: AdamW normalised the noise gradient into a full step
+
+
+def test_gradient_checkpointing_config_reaches_the_model():
+    from mappa_train.logprobs import unwrap_model
+    from mappa_train.trainer import build_policy
+
+    for enabled in (False, True):
+        config = TrainConfig.from_dict({}, ["model=tiny", f"gradient_checkpointing={str(enabled).lower()}"])
+        policy = build_policy(config, ["solver", "coder"])
+        layers = unwrap_model(policy.model).get_decoder().layers
+        assert all(layer.gradient_checkpointing is enabled for layer in layers)
