@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mappa_train.logprobs import batch_logprobs, right_padded
+from mappa_train.logprobs import batch_logprobs, right_padded, unwrap_model
 from mappa_train.types import Generation, Message
 
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_\-]+")
@@ -270,8 +270,6 @@ class TeamPolicy:
         more forward per backward. Non-reentrant checkpointing, so frozen inputs (LoRA on a frozen base) still get
         gradients. Generation and no-grad scoring are unaffected (transformers checkpoints only in training).
         """
-        from mappa_train.logprobs import unwrap_model
-
         for module in self.modules():
             if module is self.ref_model:
                 continue

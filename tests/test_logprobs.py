@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mappa_train.algorithms import entropy_from_logits
-from mappa_train.logprobs import pack_samples, token_logprobs
+from mappa_train.logprobs import batch_logprobs, pack_samples
 from mappa_train.types import Sample
 
 transformers = pytest.importorskip("transformers")
@@ -59,16 +59,7 @@ def naive(model, batch, temperature: float = 1.0):
     return logp, entropy
 
 
-def chunked(model, batch, **kwargs):
-    return token_logprobs(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["prompt_lengths"],
-        batch["completion_mask"],
-        position_ids=batch["position_ids"],
-        **kwargs,
-    )
+chunked = batch_logprobs  # the chunked path under test, on a packed batch
 
 
 def test_pack_samples_right_pads():

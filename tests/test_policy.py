@@ -367,10 +367,8 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(tiny, 
     plain, calls_plain = _grads_and_layer_calls(policy, "coder", gens)
     policy.enable_gradient_checkpointing()
     checkpointed, calls_ckpt = _grads_and_layer_calls(policy, "coder", gens)
-    assert (calls_plain, calls_ckpt) == (
-        1,
-        2,
-    )  # the layer ran again in backward instead of keeping activations
+    # the layer ran again in backward instead of keeping its activations
+    assert (calls_plain, calls_ckpt) == (1, 2)
     assert len(plain) == len(checkpointed) and any(g.abs().max() > 0 for g in plain)
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
