@@ -24,8 +24,9 @@ peaks repeat to 0.01 GiB and approximate live tensor bytes, at the price of ~20 
 backward pass run while the other roles' optimiser states exist; the peak is over all steps, the time is the last
 step's.
 
-Sizes: ``1b`` (hidden 2048, 18 layers, 16 heads, intermediate 5632, vocab 32000: 1.06B parameters) and ``fit``
-(the same width, as many layers as let arm (b) fit the memory budget). An arm whose estimated peak exceeds the
+Sizes: ``1b`` (hidden 2048, 18 layers, 16 heads, intermediate 5632, vocab 32000: 1.06B parameters), ``fit``
+(the same width, as many layers as let arm (b) fit the memory budget), ``quick`` (46M) and ``smollm2`` (the
+embedded SmolLM2-135M's shape, 135M). An arm whose estimated peak exceeds the
 budget (``--budget-gib``, default 75 % of MemAvailable, leaving room for other processes; on CUDA 90 % of free
 device memory) is skipped and says so instead of meeting the OOM killer. Default dtype: bfloat16 on CUDA, float32 on CPU (the trainer's defaults;
 bf16 matmuls on a CPU without AMX/avx512_bf16 are ~4x slower than fp32).
@@ -33,7 +34,7 @@ bf16 matmuls on a CPU without AMX/avx512_bf16 are ~4x slower than fp32).
     .venv/bin/python bench/memory.py                 # sizes 1b and fit, arms a, b, c (~10 min on 2 CPU cores)
     .venv/bin/python bench/memory.py --quick         # a 45M model, 2 actions x 128 tokens (~1 min)
     .venv/bin/python bench/memory.py --sizes fit --arms a,b --dtype bfloat16
-    .venv/bin/python bench/memory.py --sizes quick --arms a,d --actions 1 --tokens 1536   # long DSBench-like rows
+    .venv/bin/python bench/memory.py --sizes smollm2 --arms a,d --actions 2 --tokens 1536  # DSBench-like rows
 """
 
 from __future__ import annotations
@@ -76,15 +77,24 @@ class Shape:
     heads: int = 16
     intermediate: int = 5632
     vocab: int = 32000
+    kv_heads: int = 0  # 0: multi-head attention (as many key/value heads as heads)
+    tied: bool = False  # input and output embeddings shared
 
     @property
     def params(self) -> int:
-        per_layer = 4 * self.hidden**2 + 3 * self.hidden * self.intermediate + 2 * self.hidden
-        return 2 * self.vocab * self.hidden + self.layers * per_layer + self.hidden
+        kv = (self.kv_heads or self.heads) * (self.hidden // self.heads)
+        per_layer = (
+            2 * self.hidden**2 + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        )
+        return (1 if self.tied else 2) * self.vocab * self.hidden + self.layers * per_layer + self.hidden
 
 
 ONE_B = Shape("1b")
 QUICK = Shape("quick", hidden=512, layers=4, heads=8, intermediate=1408)
+# The embedded model's shape (SmolLM2-135M-Instruct: grouped-query attention, tied embeddings), random weights.
+SMOLLM2 = Shape(
+    "smollm2", hidden=576, layers=30, heads=9, intermediate=1536, vocab=49152, kv_heads=3, tied=True
+)
 
 
 # ---------------------------------------------------------------------------------------------------- estimates
@@ -146,10 +156,42 @@ def rss_now_bytes() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def llama_config(shape: Shape):
+    """The transformers config of ``shape``: what every arm builds, with random weights."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads or shape.heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=shape.tied,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+
+
+def missed_targets(all_rows: list[tuple[Shape, dict[str, dict]]]) -> int:
+    """How many measured ratios exceed their target; a ratio with no target (``None``) is never a miss."""
+    return sum(
+        1
+        for _, results in all_rows
+        for num, den, target in TARGETS
+        if target is not None
+        and "net" in results.get(num, {})
+        and "net" in results.get(den, {})
+        and results[num]["net"] / results[den]["net"] > target
+    )
+
+
 def child(spec: dict) -> dict:
     """One arm in this (fresh) process: build, run ``steps`` update steps, report peaks and times."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from mappa_train.config import TrainConfig
     from mappa_train.models import build_tiny_tokenizer, prepare_tokenizer
@@ -165,19 +207,7 @@ def child(spec: dict) -> dict:
     base_rss = rss_now_bytes()
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
+    config = llama_config(shape)
     t0 = time.perf_counter()
     torch.set_default_dtype(dtype)  # build in the target dtype: no transient float32 copy in the peak
     model = LlamaForCausalLM(config).to(device=device)
@@ -275,7 +305,11 @@ def gib(x: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 45M model, 2 actions x 128 tokens, arms a, b, c")
-    ap.add_argument("--sizes", default=None, help="comma list of 1b, fit (default: 1b,fit; --quick: quick)")
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="comma list of 1b, fit, quick, smollm2 (default: 1b,fit; --quick: quick)",
+    )
     ap.add_argument("--arms", default="a,b,c")
     ap.add_argument("--actions", type=int, default=None, help="actions per role (default 4; --quick 2)")
     ap.add_argument("--tokens", type=int, default=None, help="tokens per action (default 256; --quick 128)")
@@ -330,6 +364,8 @@ def main() -> None:
             shape = ONE_B
         elif size == "quick":
             shape = QUICK
+        elif size == "smollm2":
+            shape = SMOLLM2
         elif size == "fit":
             shape = fit_shape(budget, dtype, actions, tokens)
             if shape is None:
@@ -356,14 +392,7 @@ def main() -> None:
             results[arm]["estimate"] = est
         all_rows.append((shape, results))
         print_table(shape, results, args.quick)
-    misses = sum(
-        1
-        for _, results in all_rows
-        for num, den, target in TARGETS
-        if "net" in results.get(num, {})
-        and "net" in results.get(den, {})
-        and results[num]["net"] / results[den]["net"] > target
-    )
+    misses = missed_targets(all_rows)
     print(f"\n{misses} target(s) missed" if misses else "\nall measured targets met")
     if device == "cpu":
         print(foreign_load(busy0, tree0, time.perf_counter() - t0))
@@ -375,17 +404,17 @@ def print_table(shape: Shape, results: dict[str, dict], quick: bool) -> None:
         f"{shape.intermediate}, vocab {shape.vocab}: {shape.params / 1e6:.0f}M parameters per model"
     )
     head = (
-        f"{'arm':<9} {'params':>9} {'trainable':>10} {'base GiB':>9} {'built GiB':>10} {'peak GiB':>9} "
+        f"{'arm':<12} {'params':>9} {'trainable':>10} {'base GiB':>9} {'built GiB':>10} {'peak GiB':>9} "
         f"{'net GiB':>8} {'est GiB':>8} {'step s':>7} {'1st s':>6} {'tok/s':>6}"
     )
     print(head)
     for arm, r in results.items():
         label = f"({arm}) {ARMS[arm][0]}"
         if "skipped" in r or "error" in r:
-            print(f"{label:<9} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}")
+            print(f"{label:<12} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['error']}")
             continue
         print(
-            f"{label:<9} {r['params'] / 1e6:>8.0f}M {r['trainable'] / 1e6:>9.1f}M {gib(r['baseline']):>9} "
+            f"{label:<12} {r['params'] / 1e6:>8.0f}M {r['trainable'] / 1e6:>9.1f}M {gib(r['baseline']):>9} "
             f"{gib(r['after_build']):>10} {gib(r['peak']):>9} {gib(r['net']):>8} {gib(r['estimate']):>8} "
             f"{r['step_s']:>7.1f} {r['first_step_s']:>6.1f} {r['tokens'] / r['step_s']:>6.0f}"
         )
