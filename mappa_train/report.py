@@ -64,14 +64,17 @@ class Arm:
         return curve[-1][1] if curve else math.nan
 
 
-def load_arm(run_dir: Path, untrained: Arm | None = None) -> Arm:
-    """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own."""
+def load_arm(run_dir: Path, untrained: Arm | None = None, reward: str = "coach") -> Arm:
+    """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own.
+
+    ``reward`` is the reward source assumed when the run has no config.json (only its metrics were kept).
+    """
     rows = read_metrics(run_dir / "metrics.jsonl")
     config = run_dir / "config.json"
     saved = json.loads(config.read_text()) if config.exists() else {}
     arm = Arm(
         run_dir.name,
-        reward=saved.get("reward", "coach"),
+        reward=saved.get("reward", reward),
         rows=[r for r in rows if r.get("step", 0) > 0],
         seed=saved.get("seed"),
     )
@@ -402,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     untrained = load_arm(args.untrained)
     if not untrained.evals:
         parser.error(f"{args.untrained}/metrics.jsonl has no evaluation: run its config with steps: 0 first")
-    outcomes = [load_arm(r, untrained) for r in args.outcome]
+    outcomes = [load_arm(r, untrained, reward="outcome") for r in args.outcome]
     outcome = outcomes[0] if outcomes else None
     arms = [untrained, *[load_arm(r, untrained) for r in args.runs], *outcomes]
     print(summary_table(arms, untrained, outcome))

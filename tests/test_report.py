@@ -179,3 +179,20 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
     assert "| coach | 2 | analyst | 2 | 50% | 50% | 0% | 0% | 0.450 |" in table
     assert "| old | 2 | engineer | 2 | 50% | 0% | 50% |  | 0.500 |" in table
     assert "| old | 2 | analyst | 2 | 50% | 50% | 0% |  | 0.450 |" in table
+
+
+def test_outcome_runs_without_a_config_show_no_coach_score(tmp_path, capsys):
+    """Runs kept as metrics only (no config.json): those given as --outcome are read as outcome-rewarded, so their
+    mean action reward (the outcome bit) is not printed as a coach score."""
+    score = {"eval/mean_action_reward": 0.37}
+    untrained = _run(tmp_path, "untrained", [_eval(0, 0, 0.10, **score)])
+    outcome = _run(tmp_path, "outcome", [_eval(2, 40, 0.15, **score)])
+    coach = _run(tmp_path, "coach", [_eval(2, 40, 0.25, **{"eval/mean_action_reward": 0.61})])
+    assert main([str(coach), "--untrained", str(untrained), "--outcome", str(outcome)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| 0.610 |" in next(line for line in lines if line.startswith("| coach |"))
+    outcome_line = next(line for line in lines if line.startswith("| outcome |"))
+    assert "| n/a |" in outcome_line and "0.370" not in outcome_line
+    # the run's own config.json still wins over the flag it was given with
+    (outcome / "config.json").write_text(json.dumps({"reward": "coach", "seed": 0}))
+    assert load_arm(outcome, reward="outcome").reward == "coach"
