@@ -29,6 +29,21 @@ register(
     "Data Engineer → Modeler → Analyst on tabular tasks; graded on submission.csv with the task's own metric.",
 )
 
+# v1: an upstream reply cut inside a code block is shown with the block closed (``close_fences``); same data.
+_V1_NOTE = " v1: an upstream reply cut inside a code block is shown closed."
+for _name, _entry in (
+    ("math-chat", "math_chat"),
+    ("math-debate", "math_debate"),
+    ("dsbench-3agent", "dsbench"),
+):
+    register(
+        f"{_name}-v1",
+        f"mappa_envs.pipelines.{_entry}:raw_env",
+        registry[f"{_name}-v0"].description + _V1_NOTE,
+        env_id=f"{_name}-v1",
+        close_fences=True,
+    )
+
 __all__ = [
     "ActionRecord",
     "FileInfo",

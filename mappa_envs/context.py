@@ -29,9 +29,26 @@ def render_files(files: Sequence[FileInfo]) -> str:
     return "## Files in the workspace\n" + "\n".join(lines)
 
 
-def render_record(record: ActionRecord, title: str, tool_chars: int, show_round: bool) -> str:
+FENCE_CLOSED_NOTE = "```\n(the reply ended inside this code block; closed here)"
+
+
+def close_open_fence(text: str) -> str:
+    """``text`` with a dangling code fence closed and marked.
+
+    A reply cut at the token limit often ends inside a ```` ``` ```` block. Shown as it is inside the next agent's
+    prompt, that open fence swallows everything after it, and a small model answers by closing it and continuing
+    the prompt's own headers instead of replying (seen on DSBench and math-chat; docs/RESULTS.md).
+    """
+    fences = sum(1 for line in text.splitlines() if line.lstrip().startswith("```"))
+    return f"{text.rstrip()}\n{FENCE_CLOSED_NOTE}" if fences % 2 else text
+
+
+def render_record(
+    record: ActionRecord, title: str, tool_chars: int, show_round: bool, close_fences: bool = False
+) -> str:
     where = f"round {record.round + 1}" if show_round else f"turn {record.turn + 1}"
-    parts = [f"## {title} ({where})", record.visible_action or "(empty answer)"]
+    action = record.visible_action or "(empty answer)"
+    parts = [f"## {title} ({where})", close_open_fence(action) if close_fences else action]
     if record.tool_results:
         parts.append(
             "### Output of the code above\n" + format_tool_results(record.tool_results, limit=tool_chars)
@@ -48,8 +65,12 @@ def build_messages(
     own_turns: Sequence[ActionRecord],
     files: Sequence[FileInfo] | None,
     tool_chars: int = 4000,
+    close_fences: bool = False,
 ) -> list[Message]:
-    """The chat messages ``role`` receives before its next action."""
+    """The chat messages ``role`` receives before its next action.
+
+    ``close_fences`` closes (and marks) a code fence left open by another agent's reply (``-v1`` envs).
+    """
     sections = [task_text.strip()]
     if files is not None:
         sections.append(render_files(files))
@@ -57,7 +78,9 @@ def build_messages(
     show_round = any(r.round > 0 for r in records) or role.visibility != "upstream"
     if seen:
         header = "# What the other agents did" if show_round else "# Work of the agents before you"
-        rendered = [render_record(r, spec.role(r.role).title, tool_chars, show_round) for r in seen]
+        rendered = [
+            render_record(r, spec.role(r.role).title, tool_chars, show_round, close_fences) for r in seen
+        ]
         sections.append(header + "\n\n" + "\n\n".join(rendered))
     messages: list[Message] = [
         {"role": "system", "content": role.system_prompt},

@@ -41,6 +41,8 @@ class PipelineEnv(AECEnv):
         max_action_chars: longer actions are clipped (with a marker) and flagged in the record.
         cell_timeout_s / cell_memory_gb / cell_output_kb: per-cell limits of the workspace kernel.
         tool_output_chars: how much of a cell's output other agents see (head and tail kept, marked).
+        close_fences: show another agent's reply that ends inside a code block with the block closed and marked
+            (the ``-v1`` envs; ``-v0`` shows it as it is, and the next agent's reply tends to start by closing it).
         kernel_pool: kernels kept started (and pre-imported) ahead of need; 0 starts one on first use.
         workspace_dir: where episode folders are created (default: the system temp folder).
         keep_workspace: keep each episode's folder after the episode for inspection.
@@ -66,6 +68,7 @@ class PipelineEnv(AECEnv):
         cell_memory_gb: float | None = 4.0,
         cell_output_kb: int = 64,
         tool_output_chars: int = 4000,
+        close_fences: bool = False,
         kernel_pool: int = 1,
         workspace_dir: str | Path | None = None,
         keep_workspace: bool = False,
@@ -88,6 +91,7 @@ class PipelineEnv(AECEnv):
         )
         self.max_action_chars = int(max_action_chars)
         self.tool_output_chars = int(tool_output_chars)
+        self.close_fences = bool(close_fences)
         self.render_mode = render_mode
         self.possible_agents = [r.name for r in spec.roles]
         self._roles: dict[str, Role] = {r.name: r for r in spec.roles}
@@ -254,6 +258,7 @@ class PipelineEnv(AECEnv):
             self._own_turns(agent),
             self.workspace.files() if self.workspace and role.runs_code else None,
             tool_chars=self.tool_output_chars,
+            close_fences=self.close_fences,
         )
 
     def _run_code(self, agent: str, action: str) -> list[ToolResult]:

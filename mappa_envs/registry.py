@@ -79,8 +79,12 @@ def _parse(env_id: str) -> tuple[str, int | None]:
     return m.group("name"), int(version) if version is not None else None
 
 
-def register(env_id: str, entry_point: str, description: str, **kwargs: Any) -> None:
-    """Register ``env_id`` (must carry a version, ``-vN``) with a lazy ``"module:function"`` entry point."""
+def register(env_id: str, entry_point: str, description: str, /, **kwargs: Any) -> None:
+    """Register ``env_id`` (must carry a version, ``-vN``) with a lazy ``"module:function"`` entry point.
+
+    ``kwargs`` are the factory's defaults for this version, so two versions can share one factory (the ``-v1``
+    envs pass ``env_id=`` and ``close_fences=True``); ``make()``'s own keyword arguments override them.
+    """
     name, version = _parse(env_id)
     if version is None:
         raise ValueError(f"register() needs a versioned id like '{name}-v0', got {env_id!r}")

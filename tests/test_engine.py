@@ -10,6 +10,7 @@ from pettingzoo.test import api_test, seed_test
 
 import mappa_envs
 from mappa_envs import run_episode, team_from_replies
+from mappa_envs.context import FENCE_CLOSED_NOTE, close_open_fence
 from mappa_envs.engine import CLIP_MARKER
 
 FAST = {"cell_timeout_s": 5, "kernel_pool": 0}
@@ -28,7 +29,7 @@ def test_seed_test_passes_for_every_registered_env(env_id):
 
 
 def test_registry_resolves_unversioned_ids_and_rejects_unknown():
-    assert mappa_envs.registry["math-chat"].id == "math-chat-v0"
+    assert mappa_envs.registry["math-chat"].id == "math-chat-v1"  # the highest version
     assert "math-debate-v0" in mappa_envs.registry
     assert "math-chat-v0" in str(mappa_envs.registry)
     with pytest.raises(KeyError, match="registered"):
@@ -113,6 +114,34 @@ def test_code_error_traceback_reaches_the_next_observation():
     assert second[-2]["role"] == "assistant"
     assert "NameError" in seen["verifier"][0][1]["content"]  # downstream agents see the tool output too
     env.close()
+
+
+@pytest.mark.parametrize("env_id", ["math-chat-v0", "math-chat-v1"])
+def test_a_reply_cut_inside_a_code_block_is_shown_closed_from_v1(env_id):
+    """v1 closes (and marks) the code fence an upstream reply left open; v0 shows it as it was."""
+    env = mappa_envs.make(env_id, reward="outcome", tasks=ADD_TASKS, **FAST)
+    assert env.unwrapped.env_id == env_id
+    cut = "7 + 5 is\n```python\nx = 7 +"  # cut at the token limit inside its block
+    team = team_from_replies(
+        {"solver": [cut], "coder": ["It is 12. \\boxed{12}"], "verifier": ["\\boxed{12}"]}
+    )
+    records, _ = run_episode(env, team, seed=0, options={"task_index": 0})
+    coder_view = records[1].observation[1]["content"]
+    assert cut in coder_view
+    closed = FENCE_CLOSED_NOTE in coder_view
+    assert closed == (env_id == "math-chat-v1")
+    assert records[0].env_id == env_id  # receipts name the version that produced them
+    env.close()
+
+
+def test_close_open_fence_only_touches_an_odd_number_of_fences():
+    assert close_open_fence("no code") == "no code"
+    whole = "```python\nprint(1)\n```\nDone."
+    assert close_open_fence(whole) == whole
+    assert close_open_fence("```python\nx = 1\n") == "```python\nx = 1\n" + FENCE_CLOSED_NOTE
+    # a closed block then an open one: three fence lines, so the last is closed
+    assert close_open_fence(whole + "\n```python\ny =").endswith("y =\n" + FENCE_CLOSED_NOTE)
+    assert close_open_fence("inline ```code``` mention") == "inline ```code``` mention"
 
 
 def test_code_inside_think_is_not_run_and_not_shown():

@@ -2,7 +2,7 @@ r"""DSBench 3-agent: Data Engineer → Modeler → Analyst on a Kaggle-style tab
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("dsbench-3agent-v0", tasks="embedded:train")`` |
+| Creation | ``mappa_envs.make("dsbench-3agent-v1", tasks="embedded:train")`` |
 | Agents | ``data_engineer``, ``modeler``, ``analyst`` |
 | Turns | each ≤ 4 actions, in order; an agent keeps the turn while its reply has code that ran |
 | Must leave | data engineer: ``X_train.pkl``, ``y_train.pkl``, ``X_test.pkl`` · modeler: ``model.pkl`` · analyst: ``submission.csv`` |
@@ -38,6 +38,8 @@ real DSBench checkout, lay each task out as ``description.md``, ``train.csv``, `
 
 ### Version History
 * v0: initial release.
+* v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
+  (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 """
 
 from __future__ import annotations
@@ -163,4 +165,5 @@ def raw_env(**kwargs: Any) -> PipelineEnv:
     Each role gets a fresh kernel, so three warm kernels (``kernel_pool=3``) are kept ready by default.
     """
     kwargs.setdefault("kernel_pool", len(SPEC.roles))
-    return PipelineEnv(SPEC, env_id=ENV_ID, **kwargs)
+    kwargs.setdefault("env_id", ENV_ID)
+    return PipelineEnv(SPEC, **kwargs)

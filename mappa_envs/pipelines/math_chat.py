@@ -2,7 +2,7 @@ r"""Math Chat: Problem Solver → Code Executor → Verifier on a maths problem.
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("math-chat-v0", tasks="embedded:train")`` |
+| Creation | ``mappa_envs.make("math-chat-v1", tasks="embedded:train")`` |
 | Agents | ``solver``, ``coder``, ``verifier`` (``possible_agents`` in that order) |
 | Turns | solver 1 → coder ≤ 2 (keeps the turn while its reply has code that ran) → verifier 1 |
 | Action space | ``AgentText(max_length=32768)``: the agent's reply, any ``str`` |
@@ -32,6 +32,8 @@ verifier wrote no ``\boxed{}``.
 
 ### Version History
 * v0: initial release.
+* v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
+  (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 """
 
 from __future__ import annotations
@@ -113,4 +115,5 @@ def raw_env(answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
         if answer_format == "boxed"
         else dataclasses.replace(SPEC, grade=grade_last_role("verifier", answer_format))
     )
-    return PipelineEnv(spec, env_id=ENV_ID, **kwargs)
+    kwargs.setdefault("env_id", ENV_ID)
+    return PipelineEnv(spec, **kwargs)

@@ -2,7 +2,7 @@ r"""Math Debate: k debaters argue for r rounds, then a judge gives the final ans
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("math-debate-v0", debaters=3, rounds=2)`` |
+| Creation | ``mappa_envs.make("math-debate-v1", debaters=3, rounds=2)`` |
 | Agents | ``debater_0`` … ``debater_{k-1}``, ``judge`` |
 | Turns | each debater once per round (round 1: all debaters, round 2: all debaters, …), then the judge once |
 | Action space | ``AgentText(max_length=32768)`` |
@@ -26,6 +26,8 @@ The bare env pays 1 to every agent at the end when the last ``\boxed{}`` of the 
 
 ### Version History
 * v0: initial release.
+* v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
+  (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 """
 
 from __future__ import annotations
@@ -86,4 +88,5 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
 
 def raw_env(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
     """The bare env: outcome reward for every agent at the end (see the module docstring)."""
-    return PipelineEnv(make_spec(debaters, rounds, answer_format), env_id=ENV_ID, **kwargs)
+    kwargs.setdefault("env_id", ENV_ID)
+    return PipelineEnv(make_spec(debaters, rounds, answer_format), **kwargs)
