@@ -43,6 +43,7 @@ for _name, _entry in (
         env_id=f"{_name}-v1",
         close_fences=True,
     )
+del _name, _entry
 
 __all__ = [
     "ActionRecord",

@@ -37,7 +37,7 @@ def close_open_fence(text: str) -> str:
 
     A reply cut at the token limit often ends inside a ```` ``` ```` block. Shown as it is inside the next agent's
     prompt, that open fence swallows everything after it, and a small model answers by closing it and continuing
-    the prompt's own headers instead of replying (seen on DSBench and math-chat; docs/RESULTS.md).
+    the prompt's own headers instead of replying (seen on DSBench: docs/RESULTS.md).
     """
     fences = sum(1 for line in text.splitlines() if line.lstrip().startswith("```"))
     return f"{text.rstrip()}\n{FENCE_CLOSED_NOTE}" if fences % 2 else text
