@@ -10,8 +10,8 @@ decoding, the same seeds and adapters that start as the identity, it is the same
 prints a Markdown table (held-out success and mean outcome reward per evaluation, lift over the untrained team,
 rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
 ``<out>-roles.png`` and ``<out>-by-tag.md``; when the runs have transcripts, ``<out>-actions.md`` says what each
-role's actions did at the last held-out evaluation (code that ran clean, failed or never ran; files written),
-which shows a team changing even where every arm's success is 0.
+role's actions did at the last held-out evaluation (code that ran clean, and of that how much was silent; code
+that failed or never ran; files written), which shows a team changing even where every arm's success is 0.
 
 One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
 ``<arm>-seedN`` are also grouped with ``<arm>`` into one arm, each under the seed its config.json records: a second table gives each group's mean, spread and range per
@@ -301,6 +301,20 @@ def code_status(action: dict) -> str:
     return "error" if re.search(r"^\[error\] ", text, re.MULTILINE) else "ok"
 
 
+def silent_run(action: dict) -> bool | None:
+    """Whether the action's code ran clean but printed nothing and wrote no file (``None``: not logged).
+
+    Code that does nothing visible runs cleanly by construction; a clean-run count that includes it overstates
+    what a team learned (docs/RESULTS.md: every downstream clean cell on DSBench was a copied function definition).
+    """
+    if "files_written" not in action:
+        return None
+    if code_status(action) != "ok" or action["files_written"]:
+        return False
+    lines = [line for line in (action.get("tool_output") or "").splitlines() if line.strip()]
+    return all(line == "[no output]" or re.fullmatch(r"\[block \d+\]", line) for line in lines)
+
+
 def last_eval_episodes(run_dir: Path) -> tuple[int, list[dict]]:
     """The step and the episodes of the run's last held-out evaluation in ``transcripts.jsonl`` (``[]``: none)."""
     path = run_dir / "transcripts.jsonl"
@@ -316,8 +330,9 @@ def actions_table(runs: Sequence[Path]) -> str:
     """Markdown: per run and role, what the actions of the last held-out evaluation did.
 
     Success can be 0 for every arm while the team's behaviour moved (code that now runs, files now written); this
-    table shows that, from the transcripts, whatever the reward was. ``files written`` is blank for transcripts
-    written before the trainer logged it.
+    table shows that, from the transcripts, whatever the reward was. ``silent`` counts the clean runs that printed
+    nothing and wrote no file. ``silent`` and ``files written`` are blank for transcripts written before the
+    trainer logged the files.
     """
     head = [
         "run",
@@ -325,6 +340,7 @@ def actions_table(runs: Sequence[Path]) -> str:
         "role",
         "actions",
         "code ran clean",
+        "of which silent",
         "code failed",
         "no code ran",
         "files written",
@@ -342,13 +358,17 @@ def actions_table(runs: Sequence[Path]) -> str:
             status = [code_status(a) for a in actions]
             logged = [a["files_written"] for a in actions if "files_written" in a]
             files = f"{sum(bool(f) for f in logged) / len(logged):.0%}" if len(logged) == n else ""
+            clean = status.count("ok")
+            silent = "" if len(logged) < n else f"{sum(bool(silent_run(a)) for a in actions)}/{clean}"
             reward = statistics.fmean(float(a.get("reward") or 0.0) for a in actions)
             cells = [
                 run.name,
                 str(step),
                 role,
                 str(n),
-                *(f"{status.count(s) / n:.0%}" for s in ("ok", "error", "none")),
+                f"{clean / n:.0%}",
+                silent,
+                *(f"{status.count(s) / n:.0%}" for s in ("error", "none")),
                 files,
                 f"{reward:.3f}",
             ]

@@ -139,15 +139,17 @@ def _record(role: str, results: list, written: tuple[str, ...] = ()):
 
 
 def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
-    """From the trainer's own transcripts (structured fields) and from older ones (the tool output's text)."""
+    """From the trainer's own transcripts (structured fields) and from older ones (the tool output's text); a clean
+    run that printed nothing and wrote no file is counted as silent, one that printed or wrote a file is not."""
     from mappa_envs.records import ToolResult
     from mappa_train.report import actions_table
     from mappa_train.rollout import Episode
     from mappa_train.runlog import RunLogger
 
-    ok, failed = (
+    ok, failed, printed = (
         ToolResult("x = 1"),
         ToolResult("1/0", stderr="Traceback", error="ZeroDivisionError: division"),
+        ToolResult("print(1)", stdout="1\n"),
     )
     run = tmp_path / "coach"
     log = RunLogger(run, tensorboard=False)
@@ -162,11 +164,12 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
             rewards=[0.8, 0.3],
         ),
         Episode([_record("engineer", []), _record("analyst", [ok])], [], {}, "t", rewards=[0.2, 0.6]),
+        Episode([_record("engineer", [ok]), _record("analyst", [printed])], [], {}, "t", rewards=[0.5, 0.9]),
     ]
     log.transcripts(2, "train", [Episode(early, [], {}, "t", rewards=[0.0, 0.0])])
     log.transcripts(2, "eval", episodes)
     rows = [json.loads(line) for line in (run / "transcripts.jsonl").read_text().splitlines()]
-    assert rows[-2]["actions"][0]["files_written"] == ["X.pkl"] and rows[-2]["actions"][1]["code"] == "error"
+    assert rows[-3]["actions"][0]["files_written"] == ["X.pkl"] and rows[-3]["actions"][1]["code"] == "error"
     # an older transcript: no structured fields, only the text the agents saw
     old = tmp_path / "old"
     old.mkdir()
@@ -175,10 +178,10 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
             del action["code"], action["files_written"]
     (old / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = actions_table([run, old]).splitlines()
-    assert "| coach | 2 | engineer | 2 | 50% | 0% | 50% | 50% | 0.500 |" in table
-    assert "| coach | 2 | analyst | 2 | 50% | 50% | 0% | 0% | 0.450 |" in table
-    assert "| old | 2 | engineer | 2 | 50% | 0% | 50% |  | 0.500 |" in table
-    assert "| old | 2 | analyst | 2 | 50% | 50% | 0% |  | 0.450 |" in table
+    assert "| coach | 2 | engineer | 3 | 67% | 1/2 | 0% | 33% | 33% | 0.500 |" in table
+    assert "| coach | 2 | analyst | 3 | 67% | 1/2 | 33% | 0% | 0% | 0.600 |" in table
+    assert "| old | 2 | engineer | 3 | 67% |  | 0% | 33% |  | 0.500 |" in table
+    assert "| old | 2 | analyst | 3 | 67% |  | 33% | 0% |  | 0.600 |" in table
 
 
 def test_outcome_runs_without_a_config_show_no_coach_score(tmp_path, capsys):
