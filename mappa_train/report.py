@@ -402,7 +402,8 @@ def plot_roles(arms: Sequence[Arm], out: Path) -> Path:
     for ax, arm in zip(axes[0], trained, strict=False):
         for role in reward_roles(arm.rows):
             ax.plot(*series(arm.rows, f"reward/{role}"), marker=".", label=role)
-        ax.set(title=f"{arm.name}: mean action reward per role", xlabel="training episodes")
+        # two lines: a long run name on one line ran into the next panel's title
+        ax.set(title=f"{arm.name}\nmean action reward per role", xlabel="training episodes")
         ax.legend()
     return save_figure(fig, out)
 
