@@ -100,6 +100,17 @@ class ActionRecord:
     def had_error(self) -> bool:
         return any(not r.ok for r in self.tool_results)
 
+    @property
+    def ran_silently(self) -> bool:
+        """Its code ran cleanly but printed nothing and wrote no file. Such code runs cleanly by construction, so
+        the coach's ``require_output`` and the report's clean-run counts must not take it for work."""
+        return (
+            self.ran_code
+            and not self.had_error
+            and not any(t.stdout.strip() for t in self.tool_results)
+            and not self.files_written()
+        )
+
     def files_written(self) -> list[FileInfo]:
         """Files that appeared or changed size during this action."""
         before = {f.name: f.size for f in self.files_before}

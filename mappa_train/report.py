@@ -306,13 +306,21 @@ def silent_run(action: dict) -> bool | None:
 
     Code that does nothing visible runs cleanly by construction; a clean-run count that includes it overstates
     what a team learned (docs/RESULTS.md: every downstream clean cell on DSBench was a copied function definition).
+    The trainer logs it (``ActionRecord.ran_silently``, what the coach's ``require_output`` reads); transcripts
+    written before that are read from the tool output's text: each block's stdout is what precedes its
+    ``[stderr]`` or ``[error]`` line.
     """
+    if "silent" in action:
+        return action["silent"]
     if "files_written" not in action:
         return None
     if code_status(action) != "ok" or action["files_written"]:
         return False
-    lines = [line for line in (action.get("tool_output") or "").splitlines() if line.strip()]
-    return all(line == "[no output]" or re.fullmatch(r"\[block \d+\]", line) for line in lines)
+    blocks = re.split(r"^\[block \d+\]$", action.get("tool_output") or "", flags=re.MULTILINE)
+    stdout = [
+        re.split(r"^\[(?:stderr\]$|error\] )", block, maxsplit=1, flags=re.MULTILINE)[0] for block in blocks
+    ]
+    return all(text.strip() in ("", "[no output]") for text in stdout)
 
 
 def last_eval_episodes(run_dir: Path) -> tuple[int, list[dict]]:

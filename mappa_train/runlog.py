@@ -82,6 +82,7 @@ class RunLogger:
                             "tool_output": r.tool_output_text(limit=2000),
                             "code": code_status(r),
                             "files_written": [f.name for f in r.files_written()],
+                            "silent": r.ran_silently,
                             "reward": reward,
                             "judgement": None if r.judgement is None else r.judgement.__dict__,
                         }

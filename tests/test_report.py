@@ -140,7 +140,8 @@ def _record(role: str, results: list, written: tuple[str, ...] = ()):
 
 def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
     """From the trainer's own transcripts (structured fields) and from older ones (the tool output's text); a clean
-    run that printed nothing and wrote no file is counted as silent, one that printed or wrote a file is not."""
+    run that printed nothing and wrote no file is counted as silent (a warning on stderr is not output, as for the
+    coach's ``require_output``), one that printed or wrote a file is not."""
     from mappa_envs.records import ToolResult
     from mappa_train.report import actions_table
     from mappa_train.rollout import Episode
@@ -151,6 +152,7 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
         ToolResult("1/0", stderr="Traceback", error="ZeroDivisionError: division"),
         ToolResult("print(1)", stdout="1\n"),
     )
+    warned = ToolResult("warn()", stderr="UserWarning: careful\n")
     run = tmp_path / "coach"
     log = RunLogger(run, tensorboard=False)
     early = [_record("engineer", [failed]), _record("analyst", [])]
@@ -164,12 +166,22 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
             rewards=[0.8, 0.3],
         ),
         Episode([_record("engineer", []), _record("analyst", [ok])], [], {}, "t", rewards=[0.2, 0.6]),
-        Episode([_record("engineer", [ok]), _record("analyst", [printed])], [], {}, "t", rewards=[0.5, 0.9]),
+        Episode(
+            [_record("engineer", [warned]), _record("analyst", [printed])], [], {}, "t", rewards=[0.5, 0.9]
+        ),
     ]
     log.transcripts(2, "train", [Episode(early, [], {}, "t", rewards=[0.0, 0.0])])
     log.transcripts(2, "eval", episodes)
     rows = [json.loads(line) for line in (run / "transcripts.jsonl").read_text().splitlines()]
     assert rows[-3]["actions"][0]["files_written"] == ["X.pkl"] and rows[-3]["actions"][1]["code"] == "error"
+    assert [a["silent"] for a in rows[-1]["actions"]] == [True, False]
+    # a transcript from before "silent" was logged: read from the tool output's text, with the same counts
+    unlogged = tmp_path / "unlogged"
+    unlogged.mkdir()
+    for row in rows:
+        for action in row["actions"]:
+            del action["silent"]
+    (unlogged / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # an older transcript: no structured fields, only the text the agents saw
     old = tmp_path / "old"
     old.mkdir()
@@ -177,9 +189,10 @@ def test_actions_table_counts_what_each_role_did_at_the_last_eval(tmp_path):
         for action in row["actions"]:
             del action["code"], action["files_written"]
     (old / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = actions_table([run, old]).splitlines()
-    assert "| coach | 2 | engineer | 3 | 67% | 1/2 | 0% | 33% | 33% | 0.500 |" in table
-    assert "| coach | 2 | analyst | 3 | 67% | 1/2 | 33% | 0% | 0% | 0.600 |" in table
+    table = actions_table([run, unlogged, old]).splitlines()
+    for name in ("coach", "unlogged"):
+        assert f"| {name} | 2 | engineer | 3 | 67% | 1/2 | 0% | 33% | 33% | 0.500 |" in table
+        assert f"| {name} | 2 | analyst | 3 | 67% | 1/2 | 33% | 0% | 0% | 0.600 |" in table
     assert "| old | 2 | engineer | 3 | 67% |  | 0% | 33% |  | 0.500 |" in table
     assert "| old | 2 | analyst | 3 | 67% |  | 33% | 0% |  | 0.600 |" in table
 

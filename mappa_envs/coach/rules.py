@@ -203,7 +203,7 @@ class RuleCoach:
                 if t.error and not _explained(t.error + "\n" + t.stderr, caused_upstream)
             ]
             if not any(t.error for t in r.tool_results):
-                if self.require_output and not _showed_anything(r):
+                if self.require_output and r.ran_silently:
                     fired.append(
                         Fired("code_silent", w.code_silent, "ran cleanly, printed nothing, wrote no file")
                     )
@@ -356,11 +356,6 @@ def _repeated_sentence(text: str) -> str | None:
         if n >= _REPEATS:
             return f"{_one_line(sentence, 60)!r} x{n}"
     return None
-
-
-def _showed_anything(r: ActionRecord) -> bool:
-    """Whether the action's code left evidence of work: printed or displayed output, or a file written."""
-    return any(t.stdout.strip() for t in r.tool_results) or bool(r.files_written())
 
 
 def _missing_files(text: str) -> list[str]:
