@@ -385,21 +385,38 @@ def actions_table(runs: Sequence[Path]) -> str:
 
 
 def plot_success(arms: Sequence[Arm], out: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    """Held-out success and outcome reward per run: one colour per arm, one marker and line per seed.
+
+    The legend gets its own panel: with a dozen runs it covered the curves it names.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [1, 1, 0.55]})
     styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--")]
-    for i, arm in enumerate(arms):
-        marker, line = styles[i % len(styles)]
-        for ax, key in zip(axes, (SUCCESS, OUTCOME), strict=True):
+    bases = list(dict.fromkeys(seed_of(arm.name)[0] for arm in arms))
+    seen: dict[str, int] = {}
+    for arm in arms:
+        base = seed_of(arm.name)[0]
+        marker, line = styles[seen.setdefault(base, 0) % len(styles)]
+        seen[base] += 1
+        colour = plt.get_cmap("tab10")(bases.index(base) % 10)
+        for ax, key in zip(axes[:2], (SUCCESS, OUTCOME), strict=True):
             curve = arm.curve(key)
-            if curve:  # distinct markers and lines: arms with equal numbers would otherwise hide each other
-                ax.plot(*zip(*curve, strict=True), marker=marker, linestyle=line, alpha=0.8, label=arm.name)
+            if curve:  # distinct markers and lines: runs with equal numbers would otherwise hide each other
+                ax.plot(
+                    *zip(*curve, strict=True),
+                    marker=marker,
+                    linestyle=line,
+                    color=colour,
+                    alpha=0.8,
+                    label=arm.name,
+                )
     top = max([v for arm in arms for _, v in arm.curve()] + [0.05])
     axes[0].set(
         title="Held-out success", xlabel="training episodes (rollouts)", ylim=(-0.01, min(1.02, 1.5 * top))
     )
     axes[1].set(title="Held-out mean outcome reward", xlabel="training episodes (rollouts)")
-    for ax in axes:
-        ax.legend()
+    axes[2].axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[2].legend(handles, labels, loc="center left", fontsize="small", frameon=False)
     return save_figure(fig, out)
 
 
