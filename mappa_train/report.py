@@ -385,7 +385,7 @@ def actions_table(runs: Sequence[Path]) -> str:
 
 
 def plot_success(arms: Sequence[Arm], out: Path) -> Path:
-    """Held-out success and outcome reward per run: one colour per arm, one marker and line per seed.
+    """Held-out success and outcome reward per run: one colour per arm; markers and lines differ between runs.
 
     The legend gets its own panel: with a dozen runs it covered the curves it names.
     """
@@ -395,8 +395,9 @@ def plot_success(arms: Sequence[Arm], out: Path) -> Path:
     seen: dict[str, int] = {}
     for arm in arms:
         base = seed_of(arm.name)[0]
-        marker, line = styles[seen.setdefault(base, 0) % len(styles)]
+        rank = seen.setdefault(base, 0)  # the run's place among its arm's seeds
         seen[base] += 1
+        marker, line = styles[(bases.index(base) + rank) % len(styles)]
         colour = plt.get_cmap("tab10")(bases.index(base) % 10)
         for ax, key in zip(axes[:2], (SUCCESS, OUTCOME), strict=True):
             curve = arm.curve(key)
