@@ -11,7 +11,9 @@ prints a Markdown table (held-out success and mean outcome reward per evaluation
 rollouts each arm needed to reach the outcome-only arm's final success) and writes ``<out>-success.png``,
 ``<out>-roles.png`` and ``<out>-by-tag.md``; when the runs have transcripts, ``<out>-actions.md`` says what each
 role's actions did at the last held-out evaluation (code that ran clean, and of that how much was silent; code
-that failed or never ran; files written), which shows a team changing even where every arm's success is 0.
+that failed or never ran; files written), which shows a team changing even where every arm's success is 0, and
+for maths runs ``<out>-answers.md`` says, at every held-out evaluation, how often each role stated an answer and
+how often it was right (only the last agent's answer is graded).
 
 One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
 ``<arm>-seedN`` are also grouped with ``<arm>`` into one arm, each under the seed its config.json records: a second table gives each group's mean, spread and range per
@@ -323,15 +325,22 @@ def silent_run(action: dict) -> bool | None:
     return all(text.strip() in ("", "[no output]") for text in stdout)
 
 
+def eval_episodes(run_dir: Path) -> dict[int, list[dict]]:
+    """Every held-out evaluation in the run's ``transcripts.jsonl``: step -> episodes (``{}``: none)."""
+    path = run_dir / "transcripts.jsonl"
+    by_step: dict[int, list[dict]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line else {}
+            if row and row.get("split") != "train":
+                by_step.setdefault(row["step"], []).append(row)
+    return dict(sorted(by_step.items()))
+
+
 def last_eval_episodes(run_dir: Path) -> tuple[int, list[dict]]:
     """The step and the episodes of the run's last held-out evaluation in ``transcripts.jsonl`` (``[]``: none)."""
-    path = run_dir / "transcripts.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-    rows = [r for r in rows if r.get("split") != "train"]
-    if not rows:
-        return 0, []
-    last = max(r["step"] for r in rows)
-    return last, [r for r in rows if r["step"] == last]
+    evals = eval_episodes(run_dir)
+    return max(evals.items()) if evals else (0, [])
 
 
 def actions_table(runs: Sequence[Path]) -> str:
@@ -381,6 +390,55 @@ def actions_table(runs: Sequence[Path]) -> str:
                 f"{reward:.3f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _answer_format(run_dir: Path) -> str:
+    """The answer format the run's env graded with (``boxed`` unless its config.json says otherwise)."""
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    return (config.get("env_kwargs") or {}).get("answer_format", "boxed")
+
+
+def answers_table(runs: Sequence[Path]) -> str:
+    """Markdown: per run, held-out evaluation and role, how often the role stated an answer and how often it was right.
+
+    Only the last agent's answer is graded, so a team can fail with every upstream agent right, or succeed with
+    none: this table says which agent had learned its part at each evaluation (docs/RESULTS.md: halfway through
+    training the coached solvers were right far more often than their verifiers passed it on). Each role's last
+    reply of an episode is graded like the team's with the run's ``answer_format``; runs whose transcripts carry no
+    expected answer (DSBench) are left out.
+    """
+    from mappa_envs.grading.math import grade_math
+
+    head = [
+        "run",
+        "eval step",
+        "role",
+        "episodes",
+        "stated an answer",
+        "right",
+        "right, and the team solved it",
+    ]
+    lines = ["| " + " | ".join([*head, "team solved"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for run in runs:
+        answer_format = _answer_format(run)
+        for step, episodes in eval_episodes(run).items():
+            if not all("expected" in e.get("outcome", {}) for e in episodes):
+                continue
+            solved = sum(bool(e["outcome"].get("success")) for e in episodes)
+            by_role: dict[str, list[tuple[dict, bool]]] = {}  # (grade of the role's last reply, team solved)
+            for episode in episodes:
+                outcome = episode["outcome"]
+                for role, reply in {a["role"]: a["action"] for a in episode["actions"]}.items():
+                    grade = grade_math(reply, outcome["expected"], answer_format)
+                    by_role.setdefault(role, []).append((grade, bool(outcome.get("success"))))
+            for role, grades in by_role.items():
+                stated = sum(g["answer"] is not None for g, _ in grades)
+                right = sum(bool(g["correct"]) for g, _ in grades)
+                passed = sum(bool(g["correct"]) and ok for g, ok in grades)
+                cells = [run.name, step, role, len(grades), stated, right, passed, solved]
+                lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -477,6 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = args.out.with_name(args.out.name + "-actions.md")
             path.write_text(actions_table(runs) + "\n")
             print(path)
+            answers = answers_table(runs)
+            if answers.count("\n") > 1:  # a header only: no run was graded on an expected answer
+                path = args.out.with_name(args.out.name + "-answers.md")
+                path.write_text(answers + "\n")
+                print(path)
     return 0
 
 

@@ -212,3 +212,77 @@ def test_outcome_runs_without_a_config_show_no_coach_score(tmp_path, capsys):
     # the run's own config.json still wins over the flag it was given with
     (outcome / "config.json").write_text(json.dumps({"reward": "coach", "seed": 0}))
     assert load_arm(outcome, reward="outcome").reward == "coach"
+
+
+def _maths_episode(
+    step: int, expected: str, replies: dict[str, str], success: bool, split: str = "eval"
+) -> dict:
+    """One transcript row as the trainer writes it for math-chat (only the fields the answers table reads)."""
+    actions = [{"role": role, "turn": 0, "action": text} for role, text in replies.items()]
+    return {
+        "step": step,
+        "split": split,
+        "outcome": {"expected": expected, "success": success},
+        "actions": actions,
+    }
+
+
+def test_answers_table_grades_every_role_at_every_eval(tmp_path, capsys):
+    """Each role's last reply is graded with the run's answer format: an upstream agent can be right while the team
+    fails (the verifier did not pass it on), and the team can succeed with the solver wrong. Training rows and
+    runs without an expected answer (DSBench) are left out; main writes the table next to the others."""
+    from mappa_train.report import answers_table
+
+    rows = [
+        _maths_episode(
+            1, "3", {"solver": "the answer is 3", "verifier": "the answer is 3"}, True, split="train"
+        ),
+        _maths_episode(5, "7", {"solver": "The answer is 7.", "verifier": "So \\boxed{7}"}, True),
+        _maths_episode(
+            5, "7", {"solver": "the answer is 7", "verifier": "The code printed no output."}, False
+        ),
+        _maths_episode(
+            5, "12", {"solver": "I think 5", "coder": "the answer is 9", "verifier": "The answer is 12"}, True
+        ),
+        _maths_episode(10, "4", {"solver": "the answer is 5", "verifier": "the answer is 5"}, False),
+    ]
+    # the coder's first turn is wrong, its second right: the last reply of a role is the one graded
+    rows[3]["actions"].insert(1, {"role": "coder", "turn": 0, "action": "the answer is 1"})
+    rows[3]["actions"][2]["action"] = "the answer is 12"
+    statement = tmp_path / "statement"
+    statement.mkdir()
+    (statement / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (statement / "config.json").write_text(
+        json.dumps({"env_kwargs": {"answer_format": "boxed_or_statement"}})
+    )
+    boxed = tmp_path / "boxed"  # the same replies graded boxed-only (no config.json: the envs' default)
+    boxed.mkdir()
+    (boxed / "transcripts.jsonl").write_text((statement / "transcripts.jsonl").read_text())
+    dsbench = tmp_path / "dsbench"
+    dsbench.mkdir()
+    row = {
+        "step": 5,
+        "split": "eval",
+        "outcome": {"success": False},
+        "actions": [{"role": "modeler", "action": "x"}],
+    }
+    (dsbench / "transcripts.jsonl").write_text(json.dumps(row) + "\n")
+    table = answers_table([statement, boxed, dsbench]).splitlines()
+    assert "| statement | 5 | solver | 3 | 2 | 2 | 1 | 2 |" in table
+    assert "| statement | 5 | coder | 1 | 1 | 1 | 1 | 2 |" in table
+    assert "| statement | 5 | verifier | 3 | 2 | 2 | 2 | 2 |" in table
+    assert "| statement | 10 | solver | 1 | 1 | 0 | 0 | 0 |" in table
+    assert "| boxed | 5 | verifier | 3 | 1 | 1 | 1 | 2 |" in table
+    assert "| boxed | 5 | solver | 3 | 0 | 0 | 0 | 2 |" in table
+    assert not any(line.startswith(("| dsbench", "| statement | 1 |")) for line in table)
+    assert len(table) == 2 + 3 + 2 + 3 + 2
+
+    untrained = _run(tmp_path, "untrained", [_eval(0, 0, 0.10)])
+    statement_metrics = [_eval(5, 40, 2 / 3), _eval(10, 80, 0.0)]
+    (statement / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in statement_metrics))
+    out = tmp_path / "docs" / "maths"
+    assert main([str(statement), "--untrained", str(untrained), "--out", str(out)]) == 0
+    written = (tmp_path / "docs" / "maths-answers.md").read_text()
+    assert "| statement | 5 | verifier | 3 | 2 | 2 | 2 | 2 |" in written
+    assert main([str(dsbench), "--untrained", str(untrained), "--out", str(tmp_path / "ds")]) == 0
+    assert not (tmp_path / "ds-answers.md").exists()
