@@ -25,6 +25,7 @@ its own ``--outcome``.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import re
@@ -325,12 +326,21 @@ def silent_run(action: dict) -> bool | None:
     return all(text.strip() in ("", "[no output]") for text in stdout)
 
 
+def transcripts_path(run_dir: Path) -> Path | None:
+    """The run's ``transcripts.jsonl``, or a gzipped copy of it (kept runs' held-out transcripts compress ~20x)."""
+    for name in ("transcripts.jsonl", "transcripts.jsonl.gz"):
+        if (run_dir / name).exists():
+            return run_dir / name
+    return None
+
+
 def eval_episodes(run_dir: Path) -> dict[int, list[dict]]:
-    """Every held-out evaluation in the run's ``transcripts.jsonl``: step -> episodes (``{}``: none)."""
-    path = run_dir / "transcripts.jsonl"
+    """Every held-out evaluation in the run's transcripts: step -> episodes (``{}``: none)."""
+    path = transcripts_path(run_dir)
     by_step: dict[int, list[dict]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
+    if path is not None:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             row = json.loads(line) if line else {}
             if row and row.get("split") != "train":
                 by_step.setdefault(row["step"], []).append(row)
@@ -338,7 +348,7 @@ def eval_episodes(run_dir: Path) -> dict[int, list[dict]]:
 
 
 def last_eval_episodes(run_dir: Path) -> tuple[int, list[dict]]:
-    """The step and the episodes of the run's last held-out evaluation in ``transcripts.jsonl`` (``[]``: none)."""
+    """The step and the episodes of the run's last held-out evaluation in its transcripts (``[]``: none)."""
     evals = eval_episodes(run_dir)
     return max(evals.items()) if evals else (0, [])
 
@@ -488,7 +498,8 @@ def plot_roles(arms: Sequence[Arm], out: Path) -> Path:
             ax.plot(*series(arm.rows, f"reward/{role}"), marker=".", label=role)
         # two lines: a long run name on one line ran into the next panel's title
         ax.set(title=f"{arm.name}\nmean action reward per role", xlabel="training episodes")
-        ax.legend()
+        if ax.get_lines():  # a run with no training rewards logged (steps: 0) has nothing to name
+            ax.legend()
     return save_figure(fig, out)
 
 
@@ -531,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(by_tag_table(arms))
         print(path)
         runs = [args.untrained, *args.runs, *args.outcome]
-        if any((run / "transcripts.jsonl").exists() for run in runs):
+        if any(transcripts_path(run) for run in runs):
             path = args.out.with_name(args.out.name + "-actions.md")
             path.write_text(actions_table(runs) + "\n")
             print(path)

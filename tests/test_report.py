@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -276,6 +277,12 @@ def test_answers_table_grades_every_role_at_every_eval(tmp_path, capsys):
     assert "| boxed | 5 | solver | 3 | 0 | 0 | 0 | 2 |" in table
     assert not any(line.startswith(("| dsbench", "| statement | 1 |")) for line in table)
     assert len(table) == 2 + 3 + 2 + 3 + 2
+    # a kept run's transcripts, gzipped, read the same
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "transcripts.jsonl.gz").write_bytes(gzip.compress((statement / "transcripts.jsonl").read_bytes()))
+    (kept / "config.json").write_text((statement / "config.json").read_text())
+    assert answers_table([kept]).replace("| kept |", "| statement |") == answers_table([statement])
 
     untrained = _run(tmp_path, "untrained", [_eval(0, 0, 0.10)])
     statement_metrics = [_eval(5, 40, 2 / 3), _eval(10, 80, 0.0)]
