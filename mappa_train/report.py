@@ -67,14 +67,19 @@ class Arm:
         return curve[-1][1] if curve else math.nan
 
 
+def saved_config(run_dir: Path) -> dict:
+    """The run's ``config.json`` (``{}`` for runs kept as metrics only)."""
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def load_arm(run_dir: Path, untrained: Arm | None = None, reward: str = "coach") -> Arm:
     """An arm's evaluations; the untrained team's step-0 evaluation is prepended when the run skipped its own.
 
     ``reward`` is the reward source assumed when the run has no config.json (only its metrics were kept).
     """
     rows = read_metrics(run_dir / "metrics.jsonl")
-    config = run_dir / "config.json"
-    saved = json.loads(config.read_text()) if config.exists() else {}
+    saved = saved_config(run_dir)
     arm = Arm(
         run_dir.name,
         reward=saved.get("reward", reward),
@@ -405,9 +410,7 @@ def actions_table(runs: Sequence[Path]) -> str:
 
 def _answer_format(run_dir: Path) -> str:
     """The answer format the run's env graded with (``boxed`` unless its config.json says otherwise)."""
-    path = run_dir / "config.json"
-    config = json.loads(path.read_text()) if path.exists() else {}
-    return (config.get("env_kwargs") or {}).get("answer_format", "boxed")
+    return (saved_config(run_dir).get("env_kwargs") or {}).get("answer_format", "boxed")
 
 
 def answers_table(runs: Sequence[Path]) -> str:

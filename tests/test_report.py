@@ -228,7 +228,7 @@ def _maths_episode(
     }
 
 
-def test_answers_table_grades_every_role_at_every_eval(tmp_path, capsys):
+def test_answers_table_grades_every_role_at_every_eval(tmp_path):
     """Each role's last reply is graded with the run's answer format: an upstream agent can be right while the team
     fails (the verifier did not pass it on), and the team can succeed with the solver wrong. Training rows and
     runs without an expected answer (DSBench) are left out; main writes the table next to the others."""
