@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,11 +111,23 @@ def episode_metrics(prefix: str, episodes: Sequence[Episode]) -> dict[str, float
     return out
 
 
+# Why the published maths configs print this: with the sampler's log-probs as the "old" ones, a batch that carries
+# no signal for a role (all rewards equal, adapter still at its start) still moves it one full AdamW step.
+SAMPLER_NOISE_WARNING = (
+    "old_logprobs='sampler': a role whose rewards in a batch are all equal while its adapter is still at its start "
+    "takes a full lr step in a direction set by float noise, which differs between machines (docs/RESULTS.md, "
+    "'The bugs these runs found'). Use old_logprobs=recompute (the default) unless you are reproducing the "
+    "published maths runs."
+)
+
+
 class Trainer:
     """``Trainer(config).fit()`` trains every role of the team; ``evaluate()`` scores the held-out tasks."""
 
     def __init__(self, config: TrainConfig, policy: Any = None) -> None:
         self.config = config
+        if config.old_logprobs == "sampler":
+            warnings.warn(SAMPLER_NOISE_WARNING, stacklevel=2)
         self.rank, self.world = dist.init()
         self.out_dir = Path(config.out_dir)
         probe = mappa_envs.make(config.env, reward="outcome", tasks=config.train_tasks)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,16 @@ def test_constant_rewards_move_nothing_only_when_old_logprobs_are_recomputed(old
     else:
         assert stats["kl/solver"] != 0.0 and "sampler_gap/solver" not in stats
         assert moved > 1e-3  # ~lr: AdamW normalised the noise gradient into a full step
+
+
+def test_trainer_warns_when_old_logprobs_come_from_the_sampler(tmp_path):
+    """The published maths configs pin ``sampler``; whoever reruns them should learn why their run may differ."""
+    with pytest.warns(UserWarning, match="old_logprobs=recompute"):
+        Trainer(tiny_config(tmp_path / "sampler", "old_logprobs=sampler"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(tiny_config(tmp_path / "recompute"))
+    assert not [w for w in caught if "old_logprobs" in str(w.message)]
 
 
 def test_gradient_checkpointing_config_reaches_the_model():
