@@ -126,8 +126,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, policy: Any = None) -> None:
         self.config = config
-        if config.old_logprobs == "sampler":
-            warnings.warn(SAMPLER_NOISE_WARNING, stacklevel=2)
         self.rank, self.world = dist.init()
         self.out_dir = Path(config.out_dir)
         probe = mappa_envs.make(config.env, reward="outcome", tasks=config.train_tasks)
@@ -245,6 +243,8 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
         c = self.config
+        if c.old_logprobs == "sampler" and c.steps > 0 and dist.is_main():  # only updates are affected
+            warnings.warn(SAMPLER_NOISE_WARNING, stacklevel=2)
         resumed = self.resume() if resume else False
         logger = (
             RunLogger(self.out_dir, resume_step=self.step if resumed else None) if dist.is_main() else None

@@ -346,12 +346,15 @@ def test_constant_rewards_move_nothing_only_when_old_logprobs_are_recomputed(old
 
 
 def test_trainer_warns_when_old_logprobs_come_from_the_sampler(tmp_path):
-    """The published maths configs pin ``sampler``; whoever reruns them should learn why their run may differ."""
+    """The published maths configs pin ``sampler``; whoever reruns them should learn why their run may differ.
+    Only training is affected: evaluating such a config (``mappa eval``, ``steps: 0``) says nothing."""
+    one_step = ("steps=1", "eval_at_start=false", "episodes_per_step=2", "parallel_envs=2")
     with pytest.warns(UserWarning, match="old_logprobs=recompute"):
-        Trainer(tiny_config(tmp_path / "sampler", "old_logprobs=sampler"))
+        Trainer(tiny_config(tmp_path / "sampler", "old_logprobs=sampler", *one_step)).fit()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Trainer(tiny_config(tmp_path / "recompute"))
+        Trainer(tiny_config(tmp_path / "recompute", *one_step)).fit()
+        Trainer(tiny_config(tmp_path / "eval-only", "old_logprobs=sampler", "steps=0")).fit()
     assert not [w for w in caught if "old_logprobs" in str(w.message)]
 
 
