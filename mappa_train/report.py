@@ -18,8 +18,9 @@ how often it was right (only the last agent's answer is graded).
 One seed proves little (in docs/RESULTS.md one arm ended between 10% and 71% over three seeds), so runs named
 ``<arm>-seedN`` are also grouped with ``<arm>`` into one arm, each under the seed its config.json records: a second table gives each group's mean, spread and range per
 evaluation, the episodes its mean curve needed to reach the outcome-only group's mean final, and how often it beat
-outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. Give each outcome-only seed
-its own ``--outcome``.
+outcome-only at the same seed; ``<out>-seeds.png`` plots the means with their range. A third table gives, per
+arm and evaluation, the mean per-seed difference from outcome-only with its 95% interval and the seeds a paired
+test would need to detect it (``mappa_train.seedstats``). Give each outcome-only seed its own ``--outcome``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mappa_train.plots import reward_roles, save_figure, series  # noqa: E402
 from mappa_train.runlog import read_metrics  # noqa: E402
+from mappa_train.seedstats import paired_difference, seeds_for_power  # noqa: E402
 
 SUCCESS = "eval/success_rate"
 OUTCOME = "eval/mean_outcome_reward"
@@ -254,6 +256,46 @@ def _paired(group: SeedGroup, outcome: SeedGroup) -> str:
         lost += mine[n] < theirs[n] - 1e-9
         tied += abs(mine[n] - theirs[n]) <= 1e-9
     return f"{won} / {tied} / {lost}" if won + tied + lost else "n/a"
+
+
+def paired_table(groups: Sequence[SeedGroup], outcome: SeedGroup) -> str:
+    """Markdown: per arm and evaluation, the mean per-seed difference from outcome-only, its 95% t-interval, and
+    the seeds a paired t-test would need to detect a difference that size with 80% power (empty: fewer than two
+    shared seeds anywhere). A lead whose interval spans 0 is not evidence either way; the last column says how
+    far from it the experiment is."""
+    head = [
+        "arm",
+        "after (episodes)",
+        "seeds paired",
+        "mean difference from outcome-only (points)",
+        "95% interval",
+        "seeds for 80% power",
+    ]
+    lines = []
+    for g in groups:
+        if g is outcome:
+            continue
+        points = sorted({n for n, _ in g.mean_curve()} - {0})
+        for n in points:
+            diffs = []
+            for seed, arm in sorted(g.arms.items()):
+                if seed not in outcome.arms:
+                    continue
+                mine, theirs = dict(arm.curve()), dict(outcome.arms[seed].curve())
+                if n in mine and n in theirs:
+                    diffs.append(100 * (mine[n] - theirs[n]))
+            if len(diffs) < 2:
+                continue
+            d = paired_difference(diffs)
+            needed = seeds_for_power(d.mean, d.sd)
+            lines.append(
+                f"| {g.name} | {n} | {d.seeds} | {d.mean:+.1f} (sd {d.sd:.1f}) | {d.low:+.1f} to {d.high:+.1f} | "
+                + ("never (no difference)" if needed is None else str(needed))
+                + " |"
+            )
+    if not lines:
+        return ""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
 
 
 def plot_seeds(groups: Sequence[SeedGroup], out: Path) -> Path:
@@ -534,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome_group = next((g for g in groups if outcome is not None and outcome in g.arms.values()), None)
         print()
         print(seeds_table(groups, untrained, outcome_group))
+        paired = paired_table(groups, outcome_group) if outcome_group is not None else ""
+        if paired:
+            print()
+            print(paired)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         print(plot_success(arms, args.out.with_name(args.out.name + "-success.png")))

@@ -100,6 +100,13 @@ def test_seeds_are_grouped_into_arms_with_spread_and_paired_comparison(tmp_path,
     assert "| +15.0 |" in coach_line  # lift at the last evaluation every seed reached (40: 0.25 - 0.10)
     assert "0.250 ± 0.071 (0.200–0.300, 2 seeds)" in outcome_line
     assert (tmp_path / "docs" / "x-seeds.png").stat().st_size > 1000
+    # paired with outcome-only at seeds 0 and 1 (seed 2 has no outcome run): +10 and -5 points after 40 episodes
+    paired = printed.split("\n\n")[2]
+    half = 12.706 * 10.607 / 2**0.5  # t(0.975, 1 df) * sd / sqrt(2)
+    row_40 = next(line for line in paired.splitlines() if line.startswith("| coach | 40 |"))
+    assert f"| 2 | +2.5 (sd 10.6) | {2.5 - half:+.1f} to {2.5 + half:+.1f} |" in row_40
+    assert "| coach | 80 | 2 | +5.0 (sd 14.1) |" in paired
+    assert "| outcome |" not in paired
 
 
 def test_group_seeds_refuses_two_runs_of_one_seed(tmp_path):
