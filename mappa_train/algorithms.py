@@ -30,6 +30,7 @@ but get zero weight in the loss: ``loss_mask(completion_mask, truncated)`` zeros
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from typing import Literal, NamedTuple
 
@@ -228,10 +229,14 @@ def normalize_advantages(
     is split into micro-batches; the statistics are of the batch passed in.
     """
     maskf = _float_mask(mask, returns)
+    # a row's largest and smallest unmasked return: where they are equal the group is constant and is centred to
+    # exactly 0 (the float mean of many 0.1s is not 0.1; that residue, whitened, still moved AdamW)
+    row_hi = torch.where(maskf > 0, returns, -math.inf).amax(dim=1)
+    row_lo = torch.where(maskf > 0, returns, math.inf).amin(dim=1)
     if groups is None:
         mean = masked_mean(returns, maskf)
-        var = masked_mean((returns - mean) ** 2, maskf)
-        centred = returns - mean
+        centred = torch.where(row_hi.max() > row_lo.min(), returns - mean, 0.0)
+        var = masked_mean(centred**2, maskf)
         scale = var.clamp(min=max(eps, std_floor**2)).rsqrt() if std_norm else torch.ones_like(var)
         return centred * scale * maskf
     if len(groups) != returns.size(0):
@@ -244,7 +249,10 @@ def normalize_advantages(
     )
     group_count = torch.zeros_like(group_sum).index_add_(0, index, row_count)
     group_mean = group_sum / group_count.clamp(min=1e-8)
-    centred = returns - group_mean[index][:, None]
+    group_hi = torch.full_like(group_sum, -math.inf).scatter_reduce(0, index, row_hi, "amax")
+    group_lo = torch.full_like(group_sum, math.inf).scatter_reduce(0, index, row_lo, "amin")
+    varies = (group_hi > group_lo)[index][:, None]
+    centred = torch.where(varies, returns - group_mean[index][:, None], 0.0)
     row_sq = (centred**2 * maskf).sum(dim=1)
     group_var = torch.zeros_like(group_sum).index_add_(0, index, row_sq) / group_count.clamp(min=1e-8)
     scale = group_var.clamp(min=max(eps, std_floor**2)).rsqrt() if std_norm else torch.ones_like(group_var)
@@ -352,7 +360,9 @@ def group_centered_rewards(
     index, n_groups = _group_index(groups, rewards.device)
     count = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, torch.ones_like(rewards))
     mean = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, rewards) / count
-    centred = rewards - mean[index]
+    hi = torch.full((n_groups,), -math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amax")
+    lo = torch.full((n_groups,), math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amin")
+    centred = torch.where((hi > lo)[index], rewards - mean[index], 0.0)  # a tied group is exactly 0
     if not std_norm:
         return centred
     sq = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, centred**2)

@@ -178,6 +178,26 @@ def test_equal_rewards_give_whitened_kl_noise_unless_floored():
     assert floored.advantages.abs().max() < 0.1
 
 
+def test_equal_returns_give_exactly_zero_advantages():
+    """A role whose returns are all equal (every action scored 0.1, no KL yet) gets 0, not rounding residue.
+
+    The mean of many 0.1s in float32 is not 0.1; divided by a 0.05 floor, the residue (~1e-9) became advantages
+    of ~1e-8 and gradient norms of ~1e-7, which AdamW still turns into a step of a few percent of ``lr``.
+    """
+    mask = torch.ones(8, 37)
+    mask[::3, 20:] = 0  # rows of different lengths, as real replies are
+    returns = torch.full((8, 37), 0.1)
+    for floor in (0.0, 0.05):
+        for groups in (None, ["verifier"] * 8):
+            out = normalize_advantages(returns, mask, groups=groups, std_floor=floor)
+            assert torch.equal(out, torch.zeros_like(out)), (floor, groups)
+    # one role constant, the other not: only the constant one is zeroed
+    returns[1::2] = torch.linspace(0.0, 1.0, 37)
+    out = normalize_advantages(returns, mask, groups=["a", "b"] * 4, std_floor=0.05)
+    assert torch.equal(out[::2], torch.zeros_like(out[::2])) and out[1::2].abs().max() > 0.5
+    assert masked_mean(out[1::2], mask[1::2]).abs() < 1e-6
+
+
 def test_reinforce_pp_composes_the_pieces():
     got = reinforce_pp_advantages(REWARDS, MASK, LOGP, REF, ["solver", "coder"], beta=BETA, per_role=False)
     close(got.kl, [[0.5, 0.0, 0.2], [-0.2, -0.2, 0.0]])
@@ -216,6 +236,9 @@ def test_group_baseline_by_hand():
     close(group_centered_rewards(rewards, groups), [0.5, -0.5, 0.0, 0.0, 0.0])
     # / sample std (Bessel): p sqrt((0.25 + 0.25)/1) = 0.70711 -> +-0.70711; q std 0 -> 0; r -> 0
     close(group_centered_rewards(rewards, groups, std_norm=True), [0.70711, -0.70711, 0, 0, 0], atol=1e-4)
+    # a tied group of 0.1s is exactly 0, not rounding residue (which std_norm would blow up by 1e6)
+    tied = group_centered_rewards(torch.full((7,), 0.1), ["t"] * 7, std_norm=True)
+    assert torch.equal(tied, torch.zeros(7))
     mask = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 0], [1, 1]])
     close(
         group_baseline_advantages(rewards, groups, mask),
