@@ -259,15 +259,21 @@ def _paired(group: SeedGroup, outcome: SeedGroup) -> str:
 
 
 def paired_table(groups: Sequence[SeedGroup], outcome: SeedGroup) -> str:
-    """Markdown: per arm and evaluation, the mean per-seed difference from outcome-only, its 95% t-interval, and
-    the seeds a paired t-test would need to detect a difference that size with 80% power (empty: fewer than two
-    shared seeds anywhere). A lead whose interval spans 0 is not evidence either way; the last column says how
-    far from it the experiment is."""
+    """Markdown: per arm and evaluation, the mean per-seed difference from outcome-only after as many episodes and
+    from outcome-only's final (the rollouts target asks whether an arm gets there sooner), each with its 95%
+    t-interval and the seeds a paired t-test would need to detect a difference that size with 80% power (empty:
+    fewer than two shared seeds anywhere). A lead whose interval spans 0 is not evidence either way; the seeds
+    column says how far from it the experiment is."""
+    shared = set.intersection(*({n for n, _ in arm.curve()} for arm in outcome.arms.values()))
+    final = max(shared, default=None)
     head = [
         "arm",
         "after (episodes)",
         "seeds paired",
-        "mean difference from outcome-only (points)",
+        "difference from outcome-only after as many episodes (points, mean ± sd)",
+        "95% interval",
+        "seeds for 80% power",
+        f"difference from outcome-only's final ({final} episodes)",
         "95% interval",
         "seeds for 80% power",
     ]
@@ -275,27 +281,38 @@ def paired_table(groups: Sequence[SeedGroup], outcome: SeedGroup) -> str:
     for g in groups:
         if g is outcome:
             continue
-        points = sorted({n for n, _ in g.mean_curve()} - {0})
-        for n in points:
-            diffs = []
+        for n in sorted({n for n, _ in g.mean_curve()} - {0}):
+            same, to_final = [], []
             for seed, arm in sorted(g.arms.items()):
-                if seed not in outcome.arms:
-                    continue
-                mine, theirs = dict(arm.curve()), dict(outcome.arms[seed].curve())
+                mine = dict(arm.curve())
+                theirs = dict(outcome.arms[seed].curve()) if seed in outcome.arms else {}
                 if n in mine and n in theirs:
-                    diffs.append(100 * (mine[n] - theirs[n]))
-            if len(diffs) < 2:
+                    same.append(100 * (mine[n] - theirs[n]))
+                if n in mine and final in theirs:
+                    to_final.append(100 * (mine[n] - theirs[final]))
+            if len(same) < 2 and len(to_final) < 2:
                 continue
-            d = paired_difference(diffs)
-            needed = seeds_for_power(d.mean, d.sd)
             lines.append(
-                f"| {g.name} | {n} | {d.seeds} | {d.mean:+.1f} (sd {d.sd:.1f}) | {d.low:+.1f} to {d.high:+.1f} | "
-                + ("never (no difference)" if needed is None else str(needed))
+                f"| {g.name} | {n} | {max(len(same), len(to_final))} | "
+                + " | ".join(_paired_cells(same) + _paired_cells(to_final))
                 + " |"
             )
     if not lines:
         return ""
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
+
+
+def _paired_cells(differences: list[float]) -> list[str]:
+    """Mean ± sd, 95% interval and seeds for 80% power of per-seed differences (blank under two seeds)."""
+    if len(differences) < 2:
+        return ["", "", ""]
+    d = paired_difference(differences)
+    needed = seeds_for_power(d.mean, d.sd)
+    return [
+        f"{d.mean:+.1f} ± {d.sd:.1f}",
+        f"{d.low:+.1f} to {d.high:+.1f}",
+        "never (no difference)" if needed is None else str(needed),
+    ]
 
 
 def plot_seeds(groups: Sequence[SeedGroup], out: Path) -> Path:

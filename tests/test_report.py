@@ -104,8 +104,10 @@ def test_seeds_are_grouped_into_arms_with_spread_and_paired_comparison(tmp_path,
     paired = printed.split("\n\n")[2]
     half = 12.706 * 10.607 / 2**0.5  # t(0.975, 1 df) * sd / sqrt(2)
     row_40 = next(line for line in paired.splitlines() if line.startswith("| coach | 40 |"))
-    assert f"| 2 | +2.5 (sd 10.6) | {2.5 - half:+.1f} to {2.5 + half:+.1f} |" in row_40
-    assert "| coach | 80 | 2 | +5.0 (sd 14.1) |" in paired
+    assert f"| 2 | +2.5 ± 10.6 | {2.5 - half:+.1f} to {2.5 + half:+.1f} |" in row_40
+    # against outcome-only's final (80: 0.20 and 0.30): +5 and -25 points after 40 episodes
+    assert "| -10.0 ± 21.2 |" in row_40 and "final (80 episodes)" in paired
+    assert "| coach | 80 | 2 | +5.0 ± 14.1 |" in paired
     assert "| outcome |" not in paired
 
 
