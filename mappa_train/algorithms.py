@@ -221,7 +221,8 @@ def normalize_advantages(
     the same score, or 0% success under outcome rewards), the returns differ only by the −β·KL shaping, and
     dividing by their tiny σ turns that noise into unit-size advantages — full-size updates in random
     directions (measured in docs/RESULTS.md). With a floor such a batch keeps advantages of its true, small size.
-    0 (the default) is REINFORCE++ as published.
+    0 (the default) is REINFORCE++ as published. A group whose returns are exactly equal (constant rewards and no
+    KL yet) gets advantages of exactly 0, not the rounding residue of its float mean divided by σ.
 
     Why token-level: the loss (:func:`policy_loss`) is a mean over tokens, so centring over tokens makes the
     advantages that the loss actually sees sum to zero — the baseline the loss needs — and it is exactly what
