@@ -250,14 +250,26 @@ def normalize_advantages(
     )
     group_count = torch.zeros_like(group_sum).index_add_(0, index, row_count)
     group_mean = group_sum / group_count.clamp(min=1e-8)
-    group_hi = torch.full_like(group_sum, -math.inf).scatter_reduce(0, index, row_hi, "amax")
-    group_lo = torch.full_like(group_sum, math.inf).scatter_reduce(0, index, row_lo, "amin")
-    varies = (group_hi > group_lo)[index][:, None]
+    varies = _group_varies(row_hi, row_lo, index, n_groups)[index][:, None]
     centred = torch.where(varies, returns - group_mean[index][:, None], 0.0)
     row_sq = (centred**2 * maskf).sum(dim=1)
     group_var = torch.zeros_like(group_sum).index_add_(0, index, row_sq) / group_count.clamp(min=1e-8)
     scale = group_var.clamp(min=max(eps, std_floor**2)).rsqrt() if std_norm else torch.ones_like(group_var)
     return centred * scale[index][:, None] * maskf
+
+
+def _group_varies(hi: torch.Tensor, lo: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``[n_groups]`` bool: does the group's largest value (of ``hi``) exceed its smallest (of ``lo``)?
+
+    A group that does not is constant, and is centred to exactly 0 rather than to the rounding residue of its mean.
+    """
+    top = torch.full((n_groups,), -math.inf, dtype=hi.dtype, device=hi.device).scatter_reduce(
+        0, index, hi, "amax"
+    )
+    bottom = torch.full((n_groups,), math.inf, dtype=lo.dtype, device=lo.device).scatter_reduce(
+        0, index, lo, "amin"
+    )
+    return top > bottom
 
 
 class Advantages(NamedTuple):
@@ -361,9 +373,8 @@ def group_centered_rewards(
     index, n_groups = _group_index(groups, rewards.device)
     count = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, torch.ones_like(rewards))
     mean = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, rewards) / count
-    hi = torch.full((n_groups,), -math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amax")
-    lo = torch.full((n_groups,), math.inf, device=rewards.device).scatter_reduce(0, index, rewards, "amin")
-    centred = torch.where((hi > lo)[index], rewards - mean[index], 0.0)  # a tied group is exactly 0
+    varies = _group_varies(rewards, rewards, index, n_groups)[index]
+    centred = torch.where(varies, rewards - mean[index], 0.0)  # a tied group is exactly 0
     if not std_norm:
         return centred
     sq = torch.zeros(n_groups, device=rewards.device).index_add_(0, index, centred**2)

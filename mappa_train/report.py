@@ -168,10 +168,16 @@ class SeedGroup:
         return [(n, statistics.fmean(self.at(n))) for n in points]
 
     @property
+    def last_shared(self) -> int | None:
+        """The last evaluation (training episodes) that every seed reached; None when they share none."""
+        shared = set.intersection(*({n for n, _ in arm.curve()} for arm in self.arms.values()))
+        return max(shared, default=None)
+
+    @property
     def final(self) -> float:
         """Mean success at the last evaluation that every seed reached (NaN when they share none)."""
-        shared = set.intersection(*({n for n, _ in arm.curve()} for arm in self.arms.values()))
-        return statistics.fmean(self.at(max(shared))) if shared else math.nan
+        n = self.last_shared
+        return statistics.fmean(self.at(n)) if n is not None else math.nan
 
 
 def group_seeds(arms: Sequence[Arm]) -> list[SeedGroup]:
@@ -264,8 +270,7 @@ def paired_table(groups: Sequence[SeedGroup], outcome: SeedGroup) -> str:
     t-interval and the seeds a paired t-test would need to detect a difference that size with 80% power (empty:
     fewer than two shared seeds anywhere). A lead whose interval spans 0 is not evidence either way; the seeds
     column says how far from it the experiment is."""
-    shared = set.intersection(*({n for n, _ in arm.curve()} for arm in outcome.arms.values()))
-    final = max(shared, default=None)
+    final = outcome.last_shared
     head = [
         "arm",
         "after (episodes)",
@@ -281,11 +286,14 @@ def paired_table(groups: Sequence[SeedGroup], outcome: SeedGroup) -> str:
     for g in groups:
         if g is outcome:
             continue
+        pairs = [  # (this arm's curve, outcome-only's) per seed both ran
+            (dict(arm.curve()), dict(outcome.arms[seed].curve()))
+            for seed, arm in sorted(g.arms.items())
+            if seed in outcome.arms
+        ]
         for n in sorted({n for n, _ in g.mean_curve()} - {0}):
             same, to_final = [], []
-            for seed, arm in sorted(g.arms.items()):
-                mine = dict(arm.curve())
-                theirs = dict(outcome.arms[seed].curve()) if seed in outcome.arms else {}
+            for mine, theirs in pairs:
                 if n in mine and n in theirs:
                     same.append(100 * (mine[n] - theirs[n]))
                 if n in mine and final in theirs:

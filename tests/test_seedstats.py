@@ -28,9 +28,8 @@ def test_paired_power_agrees_with_simulated_t_tests():
     samples = rng.normal(effect, sd, size=(20_000, seeds))
     rejected = stats.ttest_1samp(samples, 0.0, axis=1).pvalue < 0.05
     assert paired_power(effect, sd, seeds) == pytest.approx(rejected.mean(), abs=0.015)
-    assert paired_power(0.0, sd, seeds) == pytest.approx(
-        0.05
-    )  # no effect: the test's own false-positive rate
+    # no effect: the test's own false-positive rate
+    assert paired_power(0.0, sd, seeds) == pytest.approx(0.05)
 
 
 def test_seeds_for_power_is_the_fewest_that_reach_it():
