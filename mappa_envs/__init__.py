@@ -12,38 +12,39 @@ from mappa_envs.tasks import Task, TaskError, TaskSet
 
 __version__ = "0.1.0"
 
-register(
-    "math-chat-v0",
-    "mappa_envs.pipelines.math_chat:raw_env",
-    "Problem Solver → Code Executor (runs Python) → Verifier on maths problems; graded on the final \\boxed{}.",
+_PIPELINES = (
+    (
+        "math-chat",
+        "math_chat",
+        "Problem Solver → Code Executor (runs Python) → Verifier on maths problems; graded on the final \\boxed{}.",
+    ),
+    (
+        "math-debate",
+        "math_debate",
+        "k debaters × r rounds, then a judge, on maths problems; graded on the judge's final \\boxed{}.",
+    ),
+    (
+        "dsbench-3agent",
+        "dsbench",
+        "Data Engineer → Modeler → Analyst on tabular tasks; graded on submission.csv with the task's own metric.",
+    ),
 )
-register(
-    "math-debate-v0",
-    "mappa_envs.pipelines.math_debate:raw_env",
-    "k debaters × r rounds, then a judge, on maths problems; graded on the judge's final \\boxed{}.",
-)
-
-register(
-    "dsbench-3agent-v0",
-    "mappa_envs.pipelines.dsbench:raw_env",
-    "Data Engineer → Modeler → Analyst on tabular tasks; graded on submission.csv with the task's own metric.",
-)
-
-# v1: an upstream reply cut inside a code block is shown with the block closed (``close_fences``); same data.
-_V1_NOTE = " v1: an upstream reply cut inside a code block is shown closed."
-for _name, _entry in (
-    ("math-chat", "math_chat"),
-    ("math-debate", "math_debate"),
-    ("dsbench-3agent", "dsbench"),
-):
-    register(
-        f"{_name}-v1",
-        f"mappa_envs.pipelines.{_entry}:raw_env",
-        registry[f"{_name}-v0"].description + _V1_NOTE,
-        env_id=f"{_name}-v1",
-        close_fences=True,
-    )
-del _name, _entry
+# What each version changed (each pipeline module's "Version History" says it in full).
+_VERSIONS = {
+    0: "",
+    1: " v1: an upstream reply cut inside a code block is shown closed.",
+    2: " v2: the outcome is paid to every action, not each agent's last.",
+}
+for _name, _module, _description in _PIPELINES:
+    for _version, _note in _VERSIONS.items():
+        register(
+            f"{_name}-v{_version}",
+            f"mappa_envs.pipelines.{_module}:raw_env",
+            _description + _note,
+            reward_kwargs={"outcome_to": "last_action"} if _version < 2 else None,
+            version=_version,
+        )
+del _name, _module, _description, _version, _note
 
 __all__ = [
     "ActionRecord",

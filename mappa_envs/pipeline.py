@@ -117,3 +117,18 @@ def debate(debaters: Sequence[Role], judge: Role, rounds: int) -> tuple[Slot, ..
     slots = [Slot(d.name, r) for r in range(rounds) for d in debaters]
     slots.append(Slot(judge.name, rounds - 1))
     return tuple(slots)
+
+
+LATEST_VERSION = 2
+"""The newest env version of mappa's own pipelines (``math-chat-v2`` ...); each module's docstring says what each
+version changed."""
+
+
+def versioned(name: str, version: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the defaults that follow from ``<name>-v<version>``: the env id, and closed code fences in
+    replies shown to other agents from v1 on. Explicit keyword arguments win."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= LATEST_VERSION:
+        raise ValueError(f"{name}: version must be an integer from 0 to {LATEST_VERSION}, got {version!r}")
+    kwargs.setdefault("env_id", f"{name}-v{version}")
+    kwargs.setdefault("close_fences", version >= 1)
+    return kwargs

@@ -6,14 +6,17 @@ wrapped env while ``raw_env()`` returns the bare one. The stack ``make()`` build
 
     raw PipelineEnv  →  reward wrapper  →  OrderEnforcingWrapper
 
-where the reward wrapper (:mod:`mappa_envs.coach.wrappers`) is, by ``reward=``:
+where the reward wrapper (:mod:`mappa_envs.rewards`) is, by ``reward=``:
 
-- ``"coach"`` (default): :class:`~mappa_envs.coach.wrappers.CoachReward` — every action scored 0–10 by the coach
+- ``"coach"`` (default): :class:`~mappa_envs.rewards.CoachReward` — every action scored 0–10 by the coach
   (default ``coach="rules"``, the offline rule coach; ``"openai:MODEL"`` for a model behind any OpenAI-compatible
   server), reward = score / 10, judged in hindsight by default (``hindsight=False`` judges online);
-- ``"outcome"``: :class:`~mappa_envs.coach.wrappers.OutcomeReward` — every agent gets the bare env's terminal
-  outcome reward (the baseline);
-- a weights mapping, e.g. ``{"coach": 0.5, "outcome": 0.5}``: :class:`~mappa_envs.coach.wrappers.MixedReward`.
+- ``"outcome"``: :class:`~mappa_envs.rewards.OutcomeReward` — every action of every agent is paid the graded
+  outcome (the baseline);
+- a weights mapping, e.g. ``{"coach": 0.5, "outcome": 0.5}``: :class:`~mappa_envs.rewards.MixedReward`.
+
+Every wrapper pays by one definition (:func:`mappa_envs.rewards.action_rewards`); an env id's version may fix how
+(``reward_kwargs`` of its :class:`EnvSpec`: the ``-v0``/``-v1`` envs book the outcome on each agent's last action).
 
 Anyone can rebuild it by hand with other wrappers, e.g.
 ``OrderEnforcingWrapper(CoachReward(raw_env("math-chat"), "rules", when="online"))``.
@@ -38,6 +41,8 @@ class EnvSpec:
     entry_point: str
     description: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    reward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """What this version's reward wrapper is built with (``outcome_to=``), whatever ``reward=`` is chosen."""
 
     @property
     def name(self) -> str:
@@ -79,18 +84,28 @@ def _parse(env_id: str) -> tuple[str, int | None]:
     return m.group("name"), int(version) if version is not None else None
 
 
-def register(env_id: str, entry_point: str, description: str, /, **kwargs: Any) -> None:
+def register(
+    env_id: str,
+    entry_point: str,
+    description: str,
+    /,
+    reward_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> None:
     """Register ``env_id`` (must carry a version, ``-vN``) with a lazy ``"module:function"`` entry point.
 
-    ``kwargs`` are the factory's defaults for this version, so two versions can share one factory (the ``-v1``
-    envs pass ``env_id=`` and ``close_fences=True``); ``make()``'s own keyword arguments override them.
+    ``kwargs`` are the factory's defaults for this version, so versions can share one factory (mappa's own
+    pipelines take ``version=N``); ``make()``'s own keyword arguments override them. ``reward_kwargs`` go to the
+    reward wrapper ``make()`` builds (``{"outcome_to": "last_action"}`` for the ``-v0``/``-v1`` envs).
     """
     name, version = _parse(env_id)
     if version is None:
         raise ValueError(f"register() needs a versioned id like '{name}-v0', got {env_id!r}")
     if env_id in registry._specs:
         raise ValueError(f"env id {env_id!r} is already registered")
-    registry._specs[env_id] = EnvSpec(env_id, entry_point, description, dict(kwargs))
+    registry._specs[env_id] = EnvSpec(
+        env_id, entry_point, description, dict(kwargs), dict(reward_kwargs or {})
+    )
 
 
 def resolve(env_id: str) -> str:
@@ -131,7 +146,7 @@ def make(
 
     Args:
         reward: ``"coach"`` (per-action coach scores / 10; the bare env's outcome reward is replaced),
-            ``"outcome"`` (the bare env's terminal reward for every agent: the baseline), or weights such as
+            ``"outcome"`` (the graded outcome for every action of every agent: the baseline), or weights such as
             ``{"coach": 0.7, "outcome": 0.3}`` (used as given; ``"coach"`` means the ``coach`` argument, other
             keys may be coach names or instances).
         coach: ``"rules"`` (offline :class:`~mappa_envs.coach.rules.RuleCoach`, with hindsight blame when
@@ -147,9 +162,11 @@ def make(
         monitor: a :class:`~mappa_envs.coach.monitor.BiasMonitor` updated at every episode end.
         **kwargs: go to the raw env (``tasks=``, ``cell_timeout_s=``, ...).
     """
-    from mappa_envs.coach.wrappers import OUTCOME, CoachReward, MixedReward, OutcomeReward, make_coach
+    from mappa_envs.coach.backends import make_coach
+    from mappa_envs.rewards import OUTCOME, CoachReward, MixedReward, OutcomeReward
 
     coach_kwargs = dict(coach_kwargs or {})
+    reward_kwargs = dict(registry[env_id].reward_kwargs)
     when = "hindsight" if hindsight else "online"
     uses_coach = reward == "coach" or (isinstance(reward, Mapping) and "coach" in reward)
     if not uses_coach and (coach_kwargs or coach_base_url is not None or coach_api_key is not None):
@@ -162,24 +179,35 @@ def make(
     env = raw_env(env_id, **kwargs)
     built, owned = None, False
     if uses_coach:
-        built, owned = make_coach(
-            coach,
-            hindsight=hindsight,
-            base_url=coach_base_url,
-            api_key=coach_api_key,
-            fallback=None if coach_fallback == "error" else coach_fallback,
-            **coach_kwargs,
-        )
+        if isinstance(coach, str):
+            built, owned = make_coach(
+                coach,
+                hindsight=hindsight,
+                base_url=coach_base_url,
+                api_key=coach_api_key,
+                fallback=None if coach_fallback == "error" else coach_fallback,
+                **coach_kwargs,
+            )
+        else:
+            built, owned = make_coach(coach, base_url=coach_base_url, api_key=coach_api_key, **coach_kwargs)
     closes = [built] if owned else []  # a coach built here is closed with the env
     try:
         if reward == "coach":
-            wrapped = CoachReward(env, built, when, fallback=coach_fallback, monitor=monitor, owned=closes)
+            wrapped = CoachReward(
+                env, built, when, fallback=coach_fallback, monitor=monitor, owned=closes, **reward_kwargs
+            )
         elif reward == OUTCOME:
-            wrapped = OutcomeReward(env)
+            wrapped = OutcomeReward(env, **reward_kwargs)
         elif isinstance(reward, Mapping):
             weights = {(built if k == "coach" else k): w for k, w in reward.items()}
             wrapped = MixedReward(
-                env, weights, when=when, fallback=coach_fallback, monitor=monitor, owned=closes
+                env,
+                weights,
+                when=when,
+                fallback=coach_fallback,
+                monitor=monitor,
+                owned=closes,
+                **reward_kwargs,
             )
         else:
             raise ValueError(

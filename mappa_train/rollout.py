@@ -3,14 +3,15 @@
 At every tick each unfinished episode has exactly one pending agent turn. Pending turns are grouped by role and
 generated in one batch with that role's weights; the env steps (which run code cells and, at episode end, the
 hindsight coach) run concurrently in a thread pool — separate episodes have separate kernels, and kernel I/O and
-coach HTTP calls release the GIL. The sampled token ids and log-probs are kept per action and joined with the
-action's reward from its receipt, so nothing is ever re-tokenised.
+coach HTTP calls release the GIL. The sampled token ids and log-probs are kept per action and joined with what the
+env's reward wrapper paid that action (:func:`mappa_envs.rewards.paid`), so the trainer trains on exactly the
+rewards the env paid, and nothing is ever re-tokenised.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mappa_envs.records import ActionRecord
+from mappa_envs.rewards import paid
 from mappa_train.types import Generation, Policy, Sample
 
 
@@ -35,24 +37,6 @@ class Episode:
     @property
     def success(self) -> bool:
         return bool(self.outcome.get("success"))
-
-
-def action_reward(record: ActionRecord) -> float:
-    """The per-action reward: the coach's score / 10 when judged, else the episode's outcome reward."""
-    if record.judgement is not None:
-        return float(record.judgement.score) / 10.0
-    return float((record.outcome or {}).get("reward", 0.0))
-
-
-def _episode_rewards(env: Any, records: list[ActionRecord]) -> list[float]:
-    """Per-action rewards as the env's reward wrapper paid them (so a mixture's weights apply); without such a
-    wrapper, :func:`action_reward` per record."""
-    paid = getattr(env, "action_rewards", None)
-    if callable(paid):
-        rewards = list(paid())
-        if len(rewards) == len(records):
-            return [float(x) for x in rewards]
-    return [action_reward(r) for r in records]
 
 
 def _advance(env: Any) -> tuple[str, list[dict[str, str]]] | None:
@@ -101,7 +85,7 @@ def run_rollouts(
             outcome=dict(raw.outcome or {}),
             task_id=raw.task.id,
             task_tags=tuple(raw.task.tags),
-            rewards=_episode_rewards(envs[slot], records),
+            rewards=paid(envs[slot]),
         )
         slots[slot] = None
         bar.update(1)
@@ -157,7 +141,3 @@ def episodes_to_samples(episodes: Sequence[Episode]) -> list[Sample]:
                 )
             )
     return samples
-
-
-def make_envs(factory: Callable[[], Any], n: int) -> list[Any]:
-    return [factory() for _ in range(n)]

@@ -144,7 +144,7 @@ def test_real_model_coaches_a_math_chat_episode_through_the_reward_wrapper(
     """The whole path: env → CoachReward(hindsight) → OpenAICoach → llama.cpp server → records and rewards."""
     import mappa_envs
     from mappa_envs import team_from_replies
-    from mappa_envs.coach import CoachReward
+    from mappa_envs.rewards import CoachReward
 
     # A 135M judge sometimes answers outside [0, 10]: those actions get the counted fallback, the rest "llm".
     coach = OpenAICoach(

@@ -27,18 +27,10 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 
 import mappa_envs
 from mappa_envs import team_from_replies
-from mappa_envs.coach import (
-    BiasMonitor,
-    CoachBiasWarning,
-    CoachReward,
-    MixedReward,
-    OpenAICoach,
-    OutcomeReward,
-    RuleCoach,
-    action_rewards,
-)
+from mappa_envs.coach import BiasMonitor, CoachBiasWarning, OpenAICoach, RuleCoach
 from mappa_envs.coach.openai_coach import CoachUnavailable
 from mappa_envs.records import Judgement
+from mappa_envs.rewards import CoachReward, MixedReward, OutcomeReward, action_rewards, paid
 from mappa_envs.scripted import data_science_team
 
 FAST = {"tasks": ADD_TASKS, "cell_timeout_s": 5, "kernel_pool": 0}
@@ -157,20 +149,56 @@ def test_hindsight_rewards_all_arrive_at_the_end_as_sums_of_scores() -> None:
     env.close()
 
 
-def test_outcome_wrapper_pays_the_bare_outcome_to_everyone() -> None:
+def test_outcome_wrapper_pays_the_outcome_to_every_action_of_every_agent() -> None:
     raw = raw_chat()
     env = OutcomeReward(raw)
     right = play(env, RIGHT)
-    assert {a: r[-1] for a, r in right.items()} == {"solver": 1.0, "coder": 1.0, "verifier": 1.0}
+    assert [r.role for r in raw.records] == ["solver", "coder", "coder", "verifier"]
     assert all(r.judgement is None for r in raw.records)  # no coach was called
-    assert env.action_rewards() == [1.0, 0.0, 1.0, 1.0]  # booked on each agent's last action
+    assert env.action_rewards() == [1.0, 1.0, 1.0, 1.0]  # the coder's code-running turn too
+    assert paid(env) == env.action_rewards()
     assert action_rewards(raw.records, coach_weight=0, outcome_weight=1) == env.action_rewards()
+    # an agent's last() total is the sum over its actions: the coder acted twice
+    assert {a: sum(r) for a, r in right.items()} == {"solver": 1.0, "coder": 2.0, "verifier": 1.0}
     wrong = play(env, WRONG)
-    assert {a: r[-1] for a, r in wrong.items()} == {"solver": 0.0, "coder": 0.0, "verifier": 0.0}
-    # exactly what the bare env pays
-    bare = play(raw, RIGHT)
-    assert bare == right
+    assert env.action_rewards() == [0.0, 0.0, 0.0, 0.0]
+    assert {a: sum(r) for a, r in wrong.items()} == {"solver": 0.0, "coder": 0.0, "verifier": 0.0}
     env.close()
+
+
+def test_v1_ids_keep_the_outcome_on_each_agents_last_action() -> None:
+    """The published configs pin -v0/-v1: their outcome baseline booked the outcome on each agent's last action."""
+    for version, expected in (("v1", [1.0, 0.0, 1.0, 1.0]), ("v2", [1.0, 1.0, 1.0, 1.0])):
+        env = mappa_envs.make(f"math-chat-{version}", reward="outcome", **FAST)
+        play(env, RIGHT)
+        assert paid(env) == expected, version
+        env.close()
+    records = []
+    env = mappa_envs.make("math-chat-v1", reward={"coach": 0.5, "outcome": 0.5}, **FAST)
+    play(env, RIGHT)
+    records = env.unwrapped.records
+    assert paid(env) == pytest.approx(
+        action_rewards(records, coach_weight=0.5, outcome_weight=0.5, outcome_to="last_action")
+    )
+    env.close()
+
+
+def test_dsbench_outcome_is_paid_to_every_turn_of_a_multi_turn_role() -> None:
+    env = mappa_envs.make("dsbench-3agent", reward="outcome", tasks="embedded:train", cell_timeout_s=60)
+    team = data_science_team()
+    play(env, team, options={"task_index": 0})
+    records, outcome = env.unwrapped.records, env.unwrapped.outcome
+    roles = [r.role for r in records]
+    assert (
+        outcome["valid"] and roles.count("data_engineer") >= 2
+    )  # the data engineer ran code, then handed over
+    assert paid(env) == pytest.approx([outcome["reward"]] * len(records))
+    env.close()
+
+
+def test_paid_needs_a_reward_wrapper() -> None:
+    with pytest.raises(TypeError, match="no reward wrapper"):
+        paid(mappa_envs.raw_env("math-chat", **FAST))
 
 
 def test_mixture_uses_the_weights_as_given() -> None:
@@ -179,7 +207,9 @@ def test_mixture_uses_the_weights_as_given() -> None:
     records = env.unwrapped.records
     sums = score_sums(records)
     finals = {a: r[-1] for a, r in seen.items()}
-    assert finals == pytest.approx({a: 0.5 * sums[a] + 0.25 * 1.0 for a in sums})
+    actions = {a: sum(r.role == a for r in records) for a in sums}  # the coder acts twice
+    assert actions == {"solver": 1, "coder": 2, "verifier": 1}
+    assert finals == pytest.approx({a: 0.5 * sums[a] + 0.25 * 1.0 * actions[a] for a in sums})
     assert env.weights == {"rules": 0.5, "outcome": 0.25}
     assert action_rewards(records, coach_weight=0.5, outcome_weight=0.25) == pytest.approx(
         env.action_rewards()
@@ -376,10 +406,11 @@ def test_make_defaults_to_the_hindsight_rule_coach_offline() -> None:
     online.close()
 
 
-def test_make_outcome_gives_one_or_zero() -> None:
+def test_make_outcome_gives_one_or_zero_per_action() -> None:
     env = mappa_envs.make("math-chat", reward="outcome", **FAST)
     assert isinstance(env.env, OutcomeReward)
-    assert {a: v[-1] for a, v in play(env, RIGHT).items()} == {"solver": 1.0, "coder": 1.0, "verifier": 1.0}
+    # paid at the end, once per action: the coder acted twice
+    assert {a: v[-1] for a, v in play(env, RIGHT).items()} == {"solver": 1.0, "coder": 2.0, "verifier": 1.0}
     assert {a: v[-1] for a, v in play(env, WRONG).items()} == {"solver": 0.0, "coder": 0.0, "verifier": 0.0}
     env.close()
 
@@ -389,7 +420,10 @@ def test_make_with_weights_and_bad_arguments() -> None:
     assert isinstance(env.env, MixedReward) and env.env.weights == {"rules-hindsight": 0.5, "outcome": 0.5}
     seen = play(env, RIGHT)
     sums = score_sums(env.unwrapped.records)
-    assert {a: v[-1] for a, v in seen.items()} == pytest.approx({a: 0.5 * s + 0.5 for a, s in sums.items()})
+    actions = {"solver": 1, "coder": 2, "verifier": 1}  # the outcome part is paid on each action
+    assert {a: v[-1] for a, v in seen.items()} == pytest.approx(
+        {a: 0.5 * s + 0.5 * actions[a] for a, s in sums.items()}
+    )
     env.close()
     with pytest.raises(ValueError, match="reward must be"):
         mappa_envs.make("math-chat", reward="coach-ish", **FAST)

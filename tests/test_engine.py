@@ -9,6 +9,7 @@ from conftest import ADD_TASKS
 from pettingzoo.test import api_test, seed_test
 
 import mappa_envs
+import mappa_envs.pipelines.math_chat
 from mappa_envs import run_episode, team_from_replies
 from mappa_envs.context import FENCE_CLOSED_NOTE, close_open_fence
 from mappa_envs.engine import CLIP_MARKER
@@ -29,9 +30,17 @@ def test_seed_test_passes_for_every_registered_env(env_id):
 
 
 def test_registry_resolves_unversioned_ids_and_rejects_unknown():
-    assert mappa_envs.registry["math-chat"].id == "math-chat-v1"  # the highest version
+    assert mappa_envs.registry["math-chat"].id == "math-chat-v2"  # the highest version
     assert "math-debate-v0" in mappa_envs.registry
     assert "math-chat-v0" in str(mappa_envs.registry)
+    for version in (0, 1, 2):  # every version is its own id, recorded in every receipt
+        raw = mappa_envs.raw_env(f"math-chat-v{version}")
+        assert raw.env_id == f"math-chat-v{version}" and raw.close_fences == (version >= 1)
+        raw.close()
+    assert mappa_envs.registry["math-chat-v1"].reward_kwargs == {"outcome_to": "last_action"}
+    assert mappa_envs.registry["math-chat-v2"].reward_kwargs == {}
+    with pytest.raises(ValueError, match="version must be"):
+        mappa_envs.pipelines.math_chat.raw_env(version=3)
     with pytest.raises(KeyError, match="registered"):
         mappa_envs.make("no-such-env")
     with pytest.raises(ValueError, match="malformed env id"):
@@ -50,7 +59,7 @@ def _chat(**kw):
     return mappa_envs.make("math-chat", reward="outcome", tasks=ADD_TASKS, **{**FAST, **kw})
 
 
-def test_right_answer_is_correct_and_every_agent_gets_the_outcome():
+def test_right_answer_is_correct_and_every_action_gets_the_outcome():
     env = _chat()
     team = team_from_replies(
         {
@@ -69,8 +78,10 @@ def test_right_answer_is_correct_and_every_agent_gets_the_outcome():
             continue
         env.step(team(agent, obs["messages"]))
     assert set(finals) == {"solver", "coder", "verifier"}
-    for reward, outcome in finals.values():
-        assert reward == 1.0 and outcome["correct"] is True and outcome["answer"] == "12"
+    for agent, (reward, outcome) in finals.items():
+        # reward="outcome" pays the outcome to every action: the coder acted twice
+        assert reward == (2.0 if agent == "coder" else 1.0), agent
+        assert outcome["correct"] is True and outcome["answer"] == "12"
     records = env.unwrapped.records
     assert [(r.role, r.turn) for r in records] == [("solver", 0), ("coder", 0), ("coder", 1), ("verifier", 0)]
     assert records[1].tool_results[0].stdout == "12\n" and records[1].ends_turn is False

@@ -19,8 +19,14 @@ class ScriptedPolicy:
 
     def generate(self, role, prompts):
         self.calls.append((role, len(prompts)))
-        text = {"solver": "\\boxed{12}", "coder": "no code: \\boxed{12}", "verifier": "\\boxed{12}"}[role]
-        return [Generation(text, [1, 2], [3, 4], [-0.5, -0.1], False) for _ in prompts]
+        replies = []
+        for messages in prompts:
+            if role == "coder" and messages[-1]["role"] != "tool":  # first turn: run code, keep the turn
+                text = "```python\nprint(7 + 5)\n```"
+            else:
+                text = "\\boxed{12}"
+            replies.append(Generation(text, [1, 2], [3, 4], [-0.5, -0.1], False))
+        return replies
 
 
 def test_episodes_run_in_lockstep_batched_by_role():
@@ -33,15 +39,19 @@ def test_episodes_run_in_lockstep_batched_by_role():
     ids = [e.task_id for e in episodes]
     assert ids[0] != ids[1] and ids == [ids[i % 2] for i in range(5)]  # in the order of `resets`
     assert [e.success for e in episodes] == [True, False, True, False, True]  # 12 is right only for task 0
-    assert policy.calls[:3] == [("solver", 3), ("coder", 3), ("verifier", 3)]  # 3 envs, one batch per role
-    assert sum(n for _, n in policy.calls) == 5 * 3
+    # 3 envs, one batch per role; the coder runs code, then answers on its second turn
+    assert policy.calls[:4] == [("solver", 3), ("coder", 3), ("coder", 3), ("verifier", 3)]
+    assert sum(n for _, n in policy.calls) == 5 * 4
     samples = episodes_to_samples(episodes)
     assert (
-        len(samples) == 15
+        len(samples) == 20
         and samples[0].completion_ids == [3, 4]
         and samples[0].behaviour_logprobs == [-0.5, -0.1]
     )
-    assert [s.reward for s in samples[:3]] == [1.0, 1.0, 1.0]  # outcome reward for every action
+    assert [s.role for s in samples[:4]] == ["solver", "coder", "coder", "verifier"]
+    # the outcome for every action, the coder's code-running turn included
+    assert [s.reward for s in samples[:4]] == [1.0, 1.0, 1.0, 1.0]
+    assert [s.reward for s in samples[4:8]] == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_rollout_rewards_follow_the_reward_wrapper_including_mixtures():
@@ -50,7 +60,10 @@ def test_rollout_rewards_follow_the_reward_wrapper_including_mixtures():
         (episode,) = run_rollouts(
             [env], ScriptedPolicy(), [{"seed": 0, "options": {"task_index": 0}}], progress=False
         )
-        paid = env.agent_rewards()
+        totals, per_action = env.agent_rewards(), env.action_rewards()
         env.close()
-        per_role = {r.role: x for r, x in zip(episode.records, episode.rewards, strict=True)}
-        assert per_role == paid
+        assert episode.rewards == per_action  # exactly what the wrapper paid, action by action
+        per_role: dict[str, float] = {}
+        for r, x in zip(episode.records, episode.rewards, strict=True):
+            per_role[r.role] = per_role.get(r.role, 0.0) + x
+        assert per_role == totals

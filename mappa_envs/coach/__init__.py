@@ -6,59 +6,48 @@
 - :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame).
 - :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
 - :func:`parse_judgement` — the strict reply parser; :func:`build_messages` — the coach prompt.
-- :class:`CoachReward`, :class:`OutcomeReward`, :class:`MixedReward` — PettingZoo reward wrappers;
-  :func:`action_rewards` — per-action rewards from coached records.
+- :func:`make_coach` / :func:`register_coach` — coach backends by name (``"rules"``, ``"openai:MODEL"``, yours).
 - :class:`BiasMonitor` — running coach score vs real outcome per role and task tag, with drift warnings.
+
+The reward wrappers that turn judgements into PettingZoo rewards live in :mod:`mappa_envs.rewards`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mappa_envs.coach.backends import coach_backends, make_coach, register_coach
 from mappa_envs.coach.base import Coach, MixtureCoach
 from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
 from mappa_envs.coach.monitor import BiasMonitor, CoachBiasWarning
 from mappa_envs.coach.parse import CoachParseError, parse_judgement
 from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
 from mappa_envs.coach.rules import RuleCoach, RuleWeights
-from mappa_envs.coach.wrappers import (
-    OUTCOME,
-    CoachReward,
-    MixedReward,
-    OutcomeReward,
-    RewardWrapper,
-    action_rewards,
-    make_coach,
-)
 
 if TYPE_CHECKING:
     from mappa_envs.coach.openai_coach import CoachStats, CoachUnavailable, OpenAICoach
 
 __all__ = [
     "JUDGEMENT_SCHEMA",
-    "OUTCOME",
     "BiasMonitor",
     "Coach",
     "CoachBiasWarning",
     "CoachParseError",
-    "CoachReward",
     "CoachStats",
     "CoachUnavailable",
     "JudgementCache",
-    "MixedReward",
     "MixtureCoach",
     "OpenAICoach",
-    "OutcomeReward",
     "PromptLimits",
     "RuleCoach",
-    "RewardWrapper",
     "RuleWeights",
-    "action_rewards",
     "build_messages",
     "cache_key",
+    "coach_backends",
     "default_cache_dir",
     "make_coach",
     "parse_judgement",
+    "register_coach",
 ]
 
 _LAZY = {"OpenAICoach", "CoachUnavailable", "CoachStats"}

@@ -16,7 +16,7 @@ exceeds ``threshold``. The first time a slice drifts the monitor warns (a :class
 within the threshold), after which a new drift warns again. ``summary()`` gives one dict row per slice for a
 trainer's logger; ``metrics()`` the same flattened into scalar names.
 
-Feed it finished, coached episodes: ``monitor.update(records)`` (a :class:`~mappa_envs.coach.wrappers.CoachReward`
+Feed it finished, coached episodes: ``monitor.update(records)`` (a :class:`~mappa_envs.rewards.CoachReward`
 built with ``monitor=`` does this at every episode end).
 """
 

@@ -2,7 +2,7 @@ r"""DSBench 3-agent: Data Engineer → Modeler → Analyst on a Kaggle-style tab
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("dsbench-3agent-v1", tasks="embedded:train")`` |
+| Creation | ``mappa_envs.make("dsbench-3agent-v2", tasks="embedded:train")`` |
 | Agents | ``data_engineer``, ``modeler``, ``analyst`` |
 | Turns | each ≤ 4 actions, in order; an agent keeps the turn while its reply has code that ran |
 | Must leave | data engineer: ``X_train.pkl``, ``y_train.pkl``, ``X_test.pkl`` · modeler: ``model.pkl`` · analyst: ``submission.csv`` |
@@ -40,6 +40,9 @@ real DSBench checkout, lay each task out as ``description.md``, ``train.csv``, `
 * v0: initial release.
 * v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
+* v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
+  every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
+  agent's earlier turns (a coder's code-running turn) were trained on 0.
 """
 
 from __future__ import annotations
@@ -49,12 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from mappa_envs.engine import PipelineEnv
-from mappa_envs.pipeline import PipelineSpec, Role, sequential
+from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
 from mappa_envs.records import ActionRecord
 from mappa_envs.tabular import invalid_outcome, load_dsbench_tasks, score_submission
 from mappa_envs.tasks import Task
 
-ENV_ID = "dsbench-3agent-v0"
 TEAM = "a team of three agents (Data Engineer → Modeler → Analyst) solving a tabular prediction task"
 CODE_RULES = (
     "Write Python in ```python blocks; each block runs in the shared workspace folder (pandas, numpy and "
@@ -159,11 +161,11 @@ SPEC = PipelineSpec(
 )
 
 
-def raw_env(**kwargs: Any) -> PipelineEnv:
+def raw_env(version: int = LATEST_VERSION, **kwargs: Any) -> PipelineEnv:
     """The bare env: relative score for every agent at the end (see the module docstring).
 
     Each role gets a fresh kernel, so three warm kernels (``kernel_pool=3``) are kept ready by default.
     """
     kwargs.setdefault("kernel_pool", len(SPEC.roles))
-    kwargs.setdefault("env_id", ENV_ID)
+    versioned("dsbench-3agent", version, kwargs)
     return PipelineEnv(SPEC, **kwargs)

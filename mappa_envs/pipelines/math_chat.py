@@ -2,7 +2,7 @@ r"""Math Chat: Problem Solver → Code Executor → Verifier on a maths problem.
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("math-chat-v1", tasks="embedded:train")`` |
+| Creation | ``mappa_envs.make("math-chat-v2", tasks="embedded:train")`` |
 | Agents | ``solver``, ``coder``, ``verifier`` (``possible_agents`` in that order) |
 | Turns | solver 1 → coder ≤ 2 (keeps the turn while its reply has code that ran) → verifier 1 |
 | Action space | ``AgentText(max_length=32768)``: the agent's reply, any ``str`` |
@@ -34,6 +34,9 @@ verifier wrote no ``\boxed{}``.
 * v0: initial release.
 * v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
+* v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
+  every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
+  agent's earlier turns (a coder's code-running turn) were trained on 0.
 """
 
 from __future__ import annotations
@@ -43,10 +46,9 @@ from typing import Any
 
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
-from mappa_envs.pipeline import PipelineSpec, Role, sequential
+from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
 from mappa_envs.pipelines.math_common import grade_last_role, render_problem
 
-ENV_ID = "math-chat-v0"
 TEAM = "a team of three agents (Problem Solver → Code Executor → Verifier)"
 
 SOLVER = Role(
@@ -104,7 +106,7 @@ SPEC = PipelineSpec(
 )
 
 
-def raw_env(answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
+def raw_env(version: int = LATEST_VERSION, answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
     """The bare env: outcome reward for every agent at the end (see the module docstring).
 
     ``answer_format="boxed_or_statement"`` also grades a final "the answer is N" when the verifier wrote no
@@ -115,5 +117,5 @@ def raw_env(answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
         if answer_format == "boxed"
         else dataclasses.replace(SPEC, grade=grade_last_role("verifier", answer_format))
     )
-    kwargs.setdefault("env_id", ENV_ID)
+    versioned("math-chat", version, kwargs)
     return PipelineEnv(spec, **kwargs)

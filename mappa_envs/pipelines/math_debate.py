@@ -2,7 +2,7 @@ r"""Math Debate: k debaters argue for r rounds, then a judge gives the final ans
 
 | | |
 |---|---|
-| Creation | ``mappa_envs.make("math-debate-v1", debaters=3, rounds=2)`` |
+| Creation | ``mappa_envs.make("math-debate-v2", debaters=3, rounds=2)`` |
 | Agents | ``debater_0`` … ``debater_{k-1}``, ``judge`` |
 | Turns | each debater once per round (round 1: all debaters, round 2: all debaters, …), then the judge once |
 | Action space | ``AgentText(max_length=32768)`` |
@@ -28,6 +28,9 @@ The bare env pays 1 to every agent at the end when the last ``\boxed{}`` of the 
 * v0: initial release.
 * v1: another agent's reply that ends inside a code block (cut at the token limit) is shown closed and marked
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
+* v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
+  every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
+  agent's earlier turns (a coder's code-running turn) were trained on 0.
 """
 
 from __future__ import annotations
@@ -36,10 +39,8 @@ from typing import Any
 
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
-from mappa_envs.pipeline import PipelineSpec, Role, debate
+from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, debate, versioned
 from mappa_envs.pipelines.math_common import grade_last_role, render_problem
-
-ENV_ID = "math-debate-v0"
 
 
 def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") -> PipelineSpec:
@@ -86,7 +87,13 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
     )
 
 
-def raw_env(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed", **kwargs: Any) -> PipelineEnv:
+def raw_env(
+    version: int = LATEST_VERSION,
+    debaters: int = 3,
+    rounds: int = 2,
+    answer_format: str = "boxed",
+    **kwargs: Any,
+) -> PipelineEnv:
     """The bare env: outcome reward for every agent at the end (see the module docstring)."""
-    kwargs.setdefault("env_id", ENV_ID)
+    versioned("math-debate", version, kwargs)
     return PipelineEnv(make_spec(debaters, rounds, answer_format), **kwargs)

@@ -1,4 +1,4 @@
-"""Reward wrappers: PettingZoo ``BaseWrapper`` s that decide what the agents are paid.
+"""Reward wrappers: PettingZoo ``BaseWrapper`` s that pay the agents by :func:`~.definition.action_rewards`.
 
 - :class:`CoachReward` — a coach scores every action 0–10; the action's reward is ``score / 10``.
   ``when="online"`` judges each action right after its step (the acting agent's reward arrives at once; only the
@@ -6,21 +6,16 @@
   judges every action of the episode in one batch once the outcome is known, so an upstream agent can be credited
   or blamed for what happened downstream (the data engineer who forgot ``X_test.pkl`` is blamed for the analyst's
   ``FileNotFoundError``); every reward then arrives at the end.
-- :class:`OutcomeReward` — every agent gets the bare env's own terminal reward, the graded outcome (the baseline).
+- :class:`OutcomeReward` — every action of every agent is paid the graded outcome (the baseline).
 - :class:`MixedReward` — explicit weights over coaches and the outcome, e.g. ``{"rules": 0.5, "outcome": 0.5}``.
 
 How rewards reach the agents (the PettingZoo way): after each step the wrapper rewrites the inner env's
 ``rewards`` (what this step paid) and ``_cumulative_rewards`` (what each agent collected since it last acted),
-editing both dicts in place — rebinding them breaks ``api_test``. ``last()`` therefore shows an agent everything it
-was paid since its previous action. The bare env's terminal outcome reward is *replaced*, not added, unless the
-outcome has a weight. An agent's total PettingZoo reward over an episode is the sum of its actions' rewards.
-
-Per action, without PettingZoo bookkeeping: each judged record carries ``record.judgement`` (the same object is
-in ``infos[agent]["record"]`` and ``env.unwrapped.records``); the action's coach reward is
-``record.judgement.score / 10`` and :func:`action_rewards` turns a list of records into per-action rewards (the
-wrapper's :meth:`RewardWrapper.action_rewards` gives the same for its current episode). The outcome part of a
-mixture is attributed to each agent's last action, so summing an agent's action rewards gives its PettingZoo
-reward.
+editing both dicts in place — rebinding them breaks ``api_test``. What a step pays an agent is the change, over
+that step, of the sum of its actions' rewards under :func:`~.definition.action_rewards`; so an agent's PettingZoo
+reward over an episode is exactly the sum of its actions' rewards, and :meth:`RewardWrapper.action_rewards` (what
+the trainer reads, through :func:`paid`) is exactly what was paid. The bare env's own terminal reward is
+*replaced*; the outcome enters only through the outcome weight.
 
 Failures of the coach are never silent: ``fallback="error"`` (default) lets the coach's exception propagate with a
 note naming the env, episode and mode; a number ``fallback=5.0`` replaces the failed judgements by that score
@@ -31,7 +26,6 @@ agent's final ``infos[agent]["coach"]``.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,133 +34,24 @@ from typing import Any, Literal
 from pettingzoo import AECEnv
 from pettingzoo.utils.wrappers import BaseWrapper
 
+from mappa_envs.coach.backends import CoachSpec, make_coach
 from mappa_envs.coach.base import Coach, MixtureCoach
 from mappa_envs.coach.monitor import BiasMonitor
-from mappa_envs.coach.rules import RuleCoach
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, Judgement
+from mappa_envs.rewards.definition import OUTCOME, OutcomeTo, RewardWeights, action_rewards, check_weight
 
 log = logging.getLogger(__name__)
 
-OUTCOME = "outcome"
-"""The key that names the bare env's terminal outcome reward in a weights mapping."""
-
 When = Literal["online", "hindsight"]
 Fallback = Literal["error"] | float
-CoachSpec = Coach | str
-"""A coach, or a name :func:`make_coach` understands: ``"rules"`` or ``"openai:MODEL"``."""
 
 
-# ------------------------------------------------------------------------------------------ building coaches
-
-
-def make_coach(
-    coach: CoachSpec,
-    *,
-    hindsight: bool = True,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    fallback: Fallback | None = None,
-    **kwargs: Any,
-) -> tuple[Coach, bool]:
-    """``(coach, owned)`` for a coach or a coach name; ``owned`` is True when it was built here (close it after).
-
-    - a :class:`Coach` instance is used as it is (no other argument may be given);
-    - ``"rules"`` builds :class:`RuleCoach` ``(hindsight=hindsight, **kwargs)``;
-    - ``"openai:MODEL"`` builds :class:`~mappa_envs.coach.openai_coach.OpenAICoach` for ``MODEL`` with
-      ``base_url`` / ``api_key`` (default: the openai client's own ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``),
-      ``fallback`` when given (and not in ``kwargs``) and the other ``kwargs`` (``cache_dir=``, ``timeout_s=``, ...).
-    """
-    if not isinstance(coach, str):
-        if not isinstance(coach, Coach):
-            raise TypeError(
-                f"coach must be a Coach (judge/ajudge methods and a name) or one of 'rules', 'openai:MODEL'; "
-                f"got {type(coach).__name__}"
-            )
-        extra = [k for k, v in (("base_url", base_url), ("api_key", api_key)) if v is not None] + list(kwargs)
-        if extra:
-            raise ValueError(
-                f"{', '.join(extra)} configure a coach built from a name; the coach instance {coach.name!r} is "
-                "already built, so configure it directly"
-            )
-        return coach, False
-    if coach == "rules":
-        if base_url is not None or api_key is not None:
-            raise ValueError(
-                "the rule coach runs offline: base_url/api_key apply to 'openai:MODEL' coaches only"
-            )
-        return RuleCoach(hindsight=hindsight, **kwargs), True
-    if coach.startswith("openai:") and coach[len("openai:") :].strip():
-        from mappa_envs.coach.openai_coach import OpenAICoach
-
-        if fallback is not None:
-            kwargs.setdefault("fallback", fallback)
-        return OpenAICoach(
-            coach[len("openai:") :].strip(), base_url=base_url, api_key=api_key, **kwargs
-        ), True
-    raise ValueError(
-        f"unknown coach {coach!r}: use 'rules' (offline), 'openai:MODEL' (any OpenAI-compatible server) or a "
-        "Coach instance"
-    )
-
-
-def _check_fallback(fallback: Fallback) -> None:
+def check_fallback(fallback: Fallback) -> None:
     if fallback == "error":
         return
     if isinstance(fallback, bool) or not isinstance(fallback, int | float) or not 0.0 <= fallback <= 10.0:
         raise ValueError(f'fallback must be "error" or a score in [0, 10], got {fallback!r}')
-
-
-def _check_weight(name: str, weight: Any) -> float:
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, int | float)
-        or not math.isfinite(weight)
-        or weight < 0
-    ):
-        raise ValueError(f"the weight of {name!r} must be a finite number >= 0, got {weight!r}")
-    return float(weight)
-
-
-# ------------------------------------------------------------------------------------ per-action rewards
-
-
-def action_rewards(
-    records: Sequence[ActionRecord], *, coach_weight: float = 1.0, outcome_weight: float = 0.0
-) -> list[float]:
-    """One reward per record, in order: ``coach_weight * judgement.score / 10`` plus, on each role's last action
-    of its episode, ``outcome_weight * outcome["reward"]``.
-
-    With the defaults this is the coach reward of :class:`CoachReward`; the weights of a :class:`MixedReward`
-    (its ``coach_weight`` and ``outcome_weight``) give that wrapper's per-action rewards. Summing the rewards of
-    one agent's actions in an episode gives the agent's PettingZoo reward for it. A record without a judgement is
-    an error when ``coach_weight`` > 0 (it was never coached); an outcome part needs ``record.outcome``.
-    """
-    last_of_role: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(records):
-        key = (r.episode_id, r.role)
-        if key not in last_of_role or r.step >= records[last_of_role[key]].step:
-            last_of_role[key] = i
-    last = set(last_of_role.values())
-    out = []
-    for i, r in enumerate(records):
-        value = 0.0
-        if coach_weight:
-            if r.judgement is None:
-                raise ValueError(
-                    f"record {r.episode_id} step {r.step} ({r.role}) has no judgement: coach the episode first "
-                    "(a CoachReward/MixedReward wrapper fills record.judgement)"
-                )
-            value += coach_weight * r.judgement.score / 10.0
-        if outcome_weight and i in last:
-            if r.outcome is None:
-                raise ValueError(f"record {r.episode_id} step {r.step} ({r.role}) has no outcome yet")
-            value += outcome_weight * float(r.outcome.get("reward", 0.0))
-        out.append(value)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ wrappers
 
 
 @dataclass
@@ -186,12 +71,13 @@ class RewardStats:
 
 
 class RewardWrapper(BaseWrapper):
-    """Pays each agent ``coach_weight · Σ score/10`` over its actions plus ``outcome_weight ·`` the bare env's reward.
+    """Pays each action ``coach_weight · score/10 + outcome_weight · outcome`` (see :mod:`.definition`).
 
     The common machinery of :class:`CoachReward`, :class:`OutcomeReward` and :class:`MixedReward` (see the module
-    docstring for the AEC semantics). ``roles`` / ``context`` default to the unwrapped env's pipeline spec.
-    ``monitor`` (a :class:`~mappa_envs.coach.monitor.BiasMonitor`) is updated with every finished episode.
-    ``owned``: objects with a ``close()`` to close with the env (a coach built for it).
+    docstring for the AEC semantics). ``outcome_to`` says which actions are paid the outcome (``"every_action"``,
+    or ``"last_action"`` as the ``-v0``/``-v1`` envs did). ``roles`` / ``context`` default to the unwrapped env's
+    pipeline spec. ``monitor`` (a :class:`~mappa_envs.coach.monitor.BiasMonitor`) is updated with every finished
+    episode. ``owned``: objects with a ``close()`` to close with the env (a coach built for it).
     """
 
     def __init__(
@@ -202,6 +88,7 @@ class RewardWrapper(BaseWrapper):
         when: When = "hindsight",
         coach_weight: float = 1.0,
         outcome_weight: float = 0.0,
+        outcome_to: OutcomeTo = "every_action",
         fallback: Fallback = "error",
         monitor: BiasMonitor | None = None,
         roles: Mapping[str, Role] | None = None,
@@ -211,13 +98,14 @@ class RewardWrapper(BaseWrapper):
         super().__init__(env)
         if when not in ("online", "hindsight"):
             raise ValueError(f"when must be 'online' or 'hindsight', got {when!r}")
-        _check_fallback(fallback)
-        self.coach_weight = _check_weight("coach", coach_weight) if coach is not None else 0.0
-        self.outcome_weight = _check_weight(OUTCOME, outcome_weight)
+        check_fallback(fallback)
         if coach is not None and not isinstance(coach, Coach):
             raise TypeError(f"coach must be a Coach, got {type(coach).__name__}")
         if monitor is not None and coach is None:
             raise ValueError("a bias monitor compares coach scores with outcomes: it needs a coach")
+        self.reward_weights = RewardWeights(
+            check_weight("coach", coach_weight) if coach is not None else 0.0, outcome_weight, outcome_to
+        )
         self.coach = coach
         self.when: When = when
         self.fallback = fallback
@@ -232,16 +120,22 @@ class RewardWrapper(BaseWrapper):
         self.stats = RewardStats()
         self._owned = list(owned)
         self._episode: list[ActionRecord] = []
-        self._rewards: list[float] = []
-        self._unattributed: dict[str, float] = {}
         self._ended = False
         self._episode_judged = 0
         self._episode_fallbacks = 0
 
+    @property
+    def coach_weight(self) -> float:
+        return self.reward_weights.coach
+
+    @property
+    def outcome_weight(self) -> float:
+        return self.reward_weights.outcome
+
     # ------------------------------------------------------------------------------------------- PettingZoo
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
-        self._episode, self._rewards, self._unattributed, self._ended = [], [], {}, False
+        self._episode, self._ended = [], False
         self._episode_judged = self._episode_fallbacks = 0
         self.env.reset(seed=seed, options=options)
 
@@ -252,23 +146,31 @@ class RewardWrapper(BaseWrapper):
             env.step(action)  # a dead step: nothing is paid (api: the agent leaves, the rewards dict clears)
             return
         before = dict(env._cumulative_rewards)
+        totals_before = self.agent_rewards()
         env.step(action)
-        rewards, cumulative = env.rewards, env._cumulative_rewards
-        paid = {a: self.outcome_weight * float(rewards.get(a, 0.0)) for a in env.agents}
         record = env.infos.get(agent, {}).get("record")
         if isinstance(record, ActionRecord) and (not self._episode or self._episode[-1] is not record):
             self._episode.append(record)
-            self._rewards.append(0.0)
-        self._attribute_outcome(paid)
-        if self.coach is not None and self.when == "online" and self._episode and record is self._episode[-1]:
-            [j] = self._judge([record])
-            paid[agent] = paid.get(agent, 0.0) + self._pay(len(self._episode) - 1, j)
+            if self.coach is not None and self.when == "online":
+                self._judge([record])
         if not self._ended and env.agents and all(self._done(a) for a in env.agents):
             self._ended = True
-            self._end_episode(paid)
+            self._end_episode()
+        totals = self.agent_rewards()
+        paid = {a: totals.get(a, 0.0) - totals_before.get(a, 0.0) for a in env.agents}
+        for role in set(totals) - set(env.agents):
+            if totals[role] != totals_before.get(role, 0.0):
+                log.warning(
+                    "%s: %s left the episode before it ended; its reward %.3f cannot be delivered through last() "
+                    "(it is in action_rewards())",
+                    self,
+                    role,
+                    totals[role] - totals_before.get(role, 0.0),
+                )
         # Rewrite in place (api_test holds references to these dicts). The inner step reset the acting agent's
         # cumulative reward to 0 and added its own rewards to everyone's; recompute from the snapshot instead of
         # subtracting, so the arithmetic is exactly "cumulative += rewards".
+        rewards, cumulative = env.rewards, env._cumulative_rewards
         for a in env.agents:
             rewards[a] = paid.get(a, 0.0)
             cumulative[a] = (0.0 if a == agent else before.get(a, 0.0)) + rewards[a]
@@ -291,13 +193,21 @@ class RewardWrapper(BaseWrapper):
         return list(self._episode)
 
     def action_rewards(self) -> list[float]:
-        """This episode's reward per action so far, aligned with :attr:`episode_records` (final once it ends)."""
-        return list(self._rewards)
+        """This episode's reward per action so far, aligned with :attr:`episode_records` (final once it ends):
+        :func:`~.definition.action_rewards` of the episode under this wrapper's weights."""
+        w = self.reward_weights
+        return action_rewards(
+            self._episode,
+            coach_weight=w.coach,
+            outcome_weight=w.outcome,
+            outcome_to=w.outcome_to,
+            partial=not self._ended,
+        )
 
     def agent_rewards(self) -> dict[str, float]:
         """This episode's total reward per agent so far (equals the sum of its ``last()`` rewards)."""
-        totals: dict[str, float] = dict(self._unattributed)
-        for r, value in zip(self._episode, self._rewards, strict=True):
+        totals: dict[str, float] = {}
+        for r, value in zip(self._episode, self.action_rewards(), strict=True):
             totals[r.role] = totals.get(r.role, 0.0) + value
         return totals
 
@@ -322,43 +232,12 @@ class RewardWrapper(BaseWrapper):
     def _done(self, agent: str) -> bool:
         return bool(self.env.terminations.get(agent, False) or self.env.truncations.get(agent, False))
 
-    def _attribute_outcome(self, paid: Mapping[str, float]) -> None:
-        """Book the outcome part paid this step on each agent's latest action (or as unattributed)."""
-        for a, value in paid.items():
-            if not value:
-                continue
-            index = next(
-                (i for i in range(len(self._episode) - 1, -1, -1) if self._episode[i].role == a), None
-            )
-            if index is None:
-                self._unattributed[a] = self._unattributed.get(a, 0.0) + value
-            else:
-                self._rewards[index] += value
-
-    def _pay(self, index: int, judgement: Judgement) -> float:
-        value = self.coach_weight * judgement.score / 10.0
-        self._rewards[index] += value
-        return value
-
-    def _end_episode(self, paid: dict[str, float]) -> None:
+    def _end_episode(self) -> None:
         self.stats.episodes += 1
         if self.coach is None:
             return
         if self.when == "hindsight" and self._episode:
-            judgements = self._judge(self._episode)
-            for i, (r, j) in enumerate(zip(self._episode, judgements, strict=True)):
-                value = self._pay(i, j)
-                if r.role in paid:
-                    paid[r.role] += value
-                else:
-                    log.warning(
-                        "%s: %s left the episode before it ended; its hindsight reward %.3f for step %d cannot "
-                        "be delivered through last() (it is in action_rewards())",
-                        self,
-                        r.role,
-                        value,
-                        r.step,
-                    )
+            self._judge(self._episode)
         summary = {
             "coach": getattr(self.coach, "name", type(self.coach).__name__),
             "when": self.when,
@@ -420,13 +299,14 @@ class RewardWrapper(BaseWrapper):
 class CoachReward(RewardWrapper):
     """Each action's reward is its coach score / 10; the bare env's outcome reward is replaced.
 
-    ``coach``: a :class:`Coach`, or ``"rules"`` (a :class:`RuleCoach` with hindsight blame when
-    ``when="hindsight"``) or ``"openai:MODEL"`` (see :func:`make_coach`; a coach built from a name is closed with
-    the env). ``when``: ``"online"`` — judged right after each step, the acting agent's reward is in
-    ``rewards``/``_cumulative_rewards`` at once and shows at its next ``last()``; ``"hindsight"`` — the whole
-    episode judged in one batch when it ends (the coach sees ``record.outcome``), every agent's final ``last()``
-    shows the sum of its scores / 10. ``fallback``: ``"error"`` or a score for failed coach calls (counted).
-    ``monitor``: a :class:`~mappa_envs.coach.monitor.BiasMonitor` updated at every episode end.
+    ``coach``: a :class:`Coach`, or a name for :func:`~mappa_envs.coach.backends.make_coach` (``"rules"``: a
+    :class:`~mappa_envs.coach.rules.RuleCoach` with hindsight blame when ``when="hindsight"``;
+    ``"openai:MODEL"``; a coach built from a name is closed with the env). ``when``: ``"online"`` — judged right
+    after each step, the acting agent's reward is in ``rewards``/``_cumulative_rewards`` at once and shows at its
+    next ``last()``; ``"hindsight"`` — the whole episode judged in one batch when it ends (the coach sees
+    ``record.outcome``), every agent's final ``last()`` shows the sum of its scores / 10. ``fallback``:
+    ``"error"`` or a score for failed coach calls (counted). ``monitor``: a
+    :class:`~mappa_envs.coach.monitor.BiasMonitor` updated at every episode end.
 
     A coach instance is used as given: a ``RuleCoach()`` built without ``hindsight=True`` scores a hindsight
     episode without cross-role blame (an ablation); ``"rules"`` picks the matching rule coach.
@@ -443,14 +323,18 @@ class CoachReward(RewardWrapper):
         roles: Mapping[str, Role] | None = None,
         context: str | None = None,
         owned: Sequence[Any] = (),
+        outcome_to: OutcomeTo = "every_action",
     ) -> None:
-        built, is_owned = make_coach(coach, hindsight=when == "hindsight")
+        built, is_owned = (
+            make_coach(coach, hindsight=when == "hindsight") if isinstance(coach, str) else (coach, False)
+        )
         super().__init__(
             env,
             built,
             when=when,
             coach_weight=1.0,
             outcome_weight=0.0,
+            outcome_to=outcome_to,
             fallback=fallback,
             monitor=monitor,
             roles=roles,
@@ -460,27 +344,26 @@ class CoachReward(RewardWrapper):
 
 
 class OutcomeReward(RewardWrapper):
-    """Every agent gets the bare env's own terminal reward — the graded outcome — and nothing per action.
+    """Every action of every agent is paid the bare env's graded outcome, and no coach is called (the baseline).
 
-    This is exactly what the unwrapped env pays (math: 1 if the final ``\\boxed{}`` answer is right, else 0;
-    tabular: the relative score), made explicit as a wrapper so the baseline and the coach arms build the same
-    stack. Each agent's outcome is booked on its last action in :meth:`action_rewards`; no coach is called.
+    Math: 1 if the verifier's final answer is right, else 0; tabular: the relative score. With the default
+    ``outcome_to="every_action"`` an agent that acted ``n`` times in an episode collects ``n`` times the outcome
+    over its ``last()`` rewards; every one of its actions is trained on the outcome.
     """
 
-    def __init__(self, env: AECEnv) -> None:
-        super().__init__(env, None, outcome_weight=1.0)
+    def __init__(self, env: AECEnv, *, outcome_to: OutcomeTo = "every_action") -> None:
+        super().__init__(env, None, outcome_weight=1.0, outcome_to=outcome_to)
 
 
 class MixedReward(RewardWrapper):
     """A weighted mixture of coaches and the outcome, with the weights used as given (no normalisation).
 
-    ``weights`` maps a coach (a :class:`Coach` or a name for :func:`make_coach`) or ``"outcome"`` to a weight
-    >= 0. An agent is paid ``Σ_coach w_c · Σ_actions score_c / 10 + w_outcome · outcome``: per action the coaches'
-    scores combine into one :class:`~mappa_envs.coach.base.MixtureCoach` judgement (their weighted mean, every
-    component visible in its rationale, ``source="fallback"`` if any component fell back) stored in
-    ``record.judgement``, and the action's reward is ``(Σ w_c) · judgement.score / 10``; the outcome part is booked
-    on each agent's last action. ``{"rules": 1}`` is :class:`CoachReward`, ``{"outcome": 1}`` is
-    :class:`OutcomeReward`.
+    ``weights`` maps a coach (a :class:`Coach` or a name for :func:`~mappa_envs.coach.backends.make_coach`) or
+    ``"outcome"`` to a weight >= 0. An action is paid ``(Σ_c w_c) · judgement.score / 10 + w_outcome ·
+    outcome``: per action the coaches' scores combine into one :class:`~mappa_envs.coach.base.MixtureCoach`
+    judgement (their weighted mean, every component visible in its rationale, ``source="fallback"`` if any
+    component fell back) stored in ``record.judgement``. ``{"rules": 1}`` is :class:`CoachReward`,
+    ``{"outcome": 1}`` is :class:`OutcomeReward`.
     """
 
     def __init__(
@@ -494,6 +377,7 @@ class MixedReward(RewardWrapper):
         roles: Mapping[str, Role] | None = None,
         context: str | None = None,
         owned: Sequence[Any] = (),
+        outcome_to: OutcomeTo = "every_action",
     ) -> None:
         if not weights:
             raise ValueError('MixedReward needs weights, e.g. {"rules": 0.5, "outcome": 0.5}')
@@ -502,11 +386,14 @@ class MixedReward(RewardWrapper):
         owned = list(owned)
         for key, weight in weights.items():
             name = key if isinstance(key, str) else getattr(key, "name", type(key).__name__)
-            w = _check_weight(name, weight)
+            w = check_weight(name, weight)
             if key == OUTCOME:
                 outcome_weight = w
                 continue
-            built, is_owned = make_coach(key, hindsight=when == "hindsight")
+            if isinstance(key, str):
+                built, is_owned = make_coach(key, hindsight=when == "hindsight")
+            else:
+                built, is_owned = make_coach(key)
             if is_owned:
                 owned.append(built)
             unique, n = name, 2
@@ -531,9 +418,31 @@ class MixedReward(RewardWrapper):
             when=when,
             coach_weight=coach_weight,
             outcome_weight=outcome_weight,
+            outcome_to=outcome_to,
             fallback=fallback,
             monitor=monitor,
             roles=roles,
             context=context,
             owned=owned,
         )
+
+
+def reward_wrapper(env: Any) -> RewardWrapper:
+    """The :class:`RewardWrapper` in ``env``'s wrapper chain, or a TypeError saying how to add one."""
+    e = env
+    while e is not None:
+        if isinstance(e, RewardWrapper):
+            return e
+        e = getattr(e, "env", None)
+    raise TypeError(
+        f"{env} has no reward wrapper, so it pays no per-action reward: build it with mappa_envs.make(), or wrap "
+        "the raw env in CoachReward / OutcomeReward / MixedReward"
+    )
+
+
+def paid(env: Any) -> list[float]:
+    """What ``env``'s reward wrapper paid each action of its current (or just finished) episode, in step order.
+
+    This is the number a trainer should train each action on: the same definition the AEC rewards follow.
+    """
+    return reward_wrapper(env).action_rewards()
