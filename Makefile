@@ -31,11 +31,16 @@ sandbox-deps:
 	    echo "Install it: sudo apt-get install -y bubblewrap"; \
 	  fi; }
 
-# llama.cpp's OpenAI-compatible server, for the real-model coach test (~11 min to build once on 2 cores;
-# pip keeps the built wheel in its cache). A failed build only makes that test skip.
+# llama.cpp's OpenAI-compatible server, for the real-model coach and served-agent tests (~12 min to build once
+# on 2 cores; the wheel is kept in $(WHEELS)). Built for a portable x86-64 baseline (AVX2), not -march=native: a
+# native build used AMX instructions that segfault on virtual machines which report but do not enable them.
+# A failed build only makes those tests skip.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 coach-model-deps: setup
-	@$(PY) -c "import llama_cpp.server" 2>/dev/null || \
-	  $(PIP) install -q --find-links $(WHEELS) "llama-cpp-python[server]==0.3.36" || \
+	@$(PY) -c "import llama_cpp.server" 2>/dev/null || { \
+	  ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) "llama-cpp-python==0.3.36"; \
+	  $(PIP) install -q --find-links $(WHEELS) "llama-cpp-python[server]==0.3.36"; } || \
 	  echo "llama-cpp-python could not be installed: the real-model coach test will skip"
 
 demo: setup
