@@ -10,7 +10,7 @@ from mappa_envs.records import ActionRecord, FileInfo, Judgement, ToolResult
 from mappa_envs.registry import make, raw_env, register, registry
 from mappa_envs.tasks import Task, TaskError, TaskSet
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _PIPELINES = (
     (

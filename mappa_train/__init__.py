@@ -4,4 +4,6 @@ One base causal LM with one LoRA adapter per role by default; rollouts run B epi
 algorithms are pure functions over samples (one sample = one action).
 """
 
-__version__ = "0.1.0"
+from mappa_envs import __version__
+
+__all__ = ["__version__"]

@@ -179,13 +179,20 @@ def _launch(python: str, opts: Sequence[str], argv: Sequence[str]) -> list[str]:
 def _python_dirs(python: str) -> tuple[str, ...]:
     """The folders that make up the Python installation behind ``python`` (to bind read-only)."""
     if os.path.realpath(python) == os.path.realpath(sys.executable):
-        dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+        dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *_site_dirs(sys.path)]
     else:
-        code = "import sys; print('\\n'.join([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]))"
+        code = "import sys; print('\\n'.join([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]))"
         out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=60)
-        dirs = out.stdout.split()
+        lines = out.stdout.split()
+        dirs = [*lines[:4], *_site_dirs(lines[4:])]
     dirs += [os.path.dirname(python), os.path.dirname(os.path.realpath(python))]
     return _outermost([*(os.path.realpath(d) for d in dirs if d), *(os.path.abspath(d) for d in dirs if d)])
+
+
+def _site_dirs(path: Iterable[str]) -> list[str]:
+    """Package folders on ``sys.path`` outside the prefixes (added by a ``.pth`` line): only folders named like
+    ``site-packages``, so a project folder on ``PYTHONPATH`` (which may hold task answers) is never bound."""
+    return [p for p in path if os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages")]
 
 
 def _outermost(paths: Iterable[str]) -> tuple[str, ...]:
