@@ -8,6 +8,7 @@ depends on wall-clock time is excluded from equality (``compare=False``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,12 +46,17 @@ class ToolResult:
         return self.error is None
 
 
+_SOURCE = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
+
+
 @dataclass(frozen=True)
 class Judgement:
     """A coach's verdict on one action: a score in [0, 10], why, and where it came from.
 
-    ``source`` is ``"llm"`` (a model answered), ``"cache"`` (a stored model answer), ``"rules"`` (the offline rule
-    coach) or ``"fallback"`` (no usable answer; the score is the configured fallback value and is counted).
+    ``source`` says where the score came from. The built-in coaches use ``"llm"`` (a model answered), ``"cache"``
+    (a stored model answer), ``"rules"`` (the offline rule coach) and ``"fallback"`` (no usable answer; the score
+    is the configured fallback value, counted as such); a user's coach names its own (a short identifier such as
+    ``"custom"`` or ``"heuristic"``). Only ``"fallback"`` has a meaning to the rest of mappa.
     """
 
     score: float
@@ -60,8 +66,11 @@ class Judgement:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.score) <= 10.0:
             raise ValueError(f"Judgement.score must be in [0, 10], got {self.score!r}")
-        if self.source not in {"llm", "cache", "rules", "fallback"}:
-            raise ValueError(f"Judgement.source must be llm, cache, rules or fallback, got {self.source!r}")
+        if not isinstance(self.source, str) or not _SOURCE.fullmatch(self.source):
+            raise ValueError(
+                "Judgement.source must be a short identifier such as 'llm', 'rules' or 'custom' "
+                f"(letters, digits, '_', '-', '.', ':'; at most 64), got {self.source!r}"
+            )
 
 
 @dataclass

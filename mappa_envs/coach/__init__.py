@@ -2,9 +2,11 @@
 
 - :class:`Coach` — the protocol (``judge`` / ``ajudge`` over a batch of records).
 - :class:`OpenAICoach` — any OpenAI-compatible endpoint; needs the ``openai`` package (``pip install
-  'mappa[coach]'``), imported only when used.
+  'mappa-rl[coach]'``), imported only when used.
 - :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame).
 - :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
+- :class:`SimpleCoach` / :func:`coach_from` — your own coach from one method or one function.
+- :class:`CalibratedCoach` — any coach with its per-tag bias removed as training goes (``"calibrated:<coach>"``).
 - :func:`parse_judgement` — the strict reply parser; :func:`build_messages` — the coach prompt.
 - :func:`make_coach` / :func:`register_coach` — coach backends by name (``"rules"``, ``"openai:MODEL"``, yours).
 - :class:`BiasMonitor` — running coach score vs real outcome per role and task tag, with drift warnings.
@@ -19,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from mappa_envs.coach.backends import coach_backends, make_coach, register_coach
 from mappa_envs.coach.base import Coach, MixtureCoach
 from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
+from mappa_envs.coach.calibrated import CalibratedCoach
 from mappa_envs.coach.monitor import BiasMonitor, CoachBiasWarning
 from mappa_envs.coach.parse import CoachParseError, parse_judgement
 from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
 from mappa_envs.coach.rules import RuleCoach, RuleWeights
+from mappa_envs.coach.simple import SimpleCoach, coach_from
 
 if TYPE_CHECKING:
     from mappa_envs.coach.openai_coach import CoachStats, CoachUnavailable, OpenAICoach
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "JUDGEMENT_SCHEMA",
     "BiasMonitor",
+    "CalibratedCoach",
     "Coach",
     "CoachBiasWarning",
     "CoachParseError",
@@ -38,12 +43,14 @@ __all__ = [
     "JudgementCache",
     "MixtureCoach",
     "OpenAICoach",
+    "SimpleCoach",
     "PromptLimits",
     "RuleCoach",
     "RuleWeights",
     "build_messages",
     "cache_key",
     "coach_backends",
+    "coach_from",
     "default_cache_dir",
     "make_coach",
     "parse_judgement",

@@ -1,4 +1,4 @@
-"""Coach backends by name: ``"rules"``, ``"openai:MODEL"``, and any a user registers.
+"""Coach backends by name: ``"rules"``, ``"openai:MODEL"``, ``"calibrated:<coach>"``, and any a user registers.
 
 A backend is a factory ``(model, **kwargs) -> Coach``; :func:`make_coach` splits ``"<backend>:<model>"`` at the
 first colon and calls the factory registered for ``<backend>`` (``model`` is ``""`` for a bare name). A new
@@ -88,5 +88,12 @@ def _openai(model: str, *, hindsight: bool = True, **kwargs: Any) -> Coach:
     return OpenAICoach(model, **kwargs)
 
 
+def _calibrated(model: str, **kwargs: Any) -> Coach:
+    from mappa_envs.coach.calibrated import calibrated
+
+    return calibrated(model, **kwargs)
+
+
 register_coach("rules", _rules)
 register_coach("openai", _openai, needs_model=True)
+register_coach("calibrated", _calibrated)

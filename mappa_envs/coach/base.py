@@ -124,7 +124,7 @@ class MixtureCoach:
     score and weight, then each component's own rationale; ``last_components`` holds, per record of the last call,
     ``{name: Judgement}``. The combined ``source`` is the most telling of the components' sources: ``fallback`` if
     any component fell back (so a fallback is never hidden inside a mean), else ``llm``, else ``cache``, else
-    ``rules``.
+    ``rules``, else the alphabetically first of a user coach's own sources.
     """
 
     def __init__(self, components: Mapping[str, tuple[Coach, float]] | Sequence[tuple[Coach, float]]) -> None:
@@ -179,7 +179,7 @@ class MixtureCoach:
             )
             body = "\n".join(f"[{k}] {j.rationale}" for k, j in here.items())
             sources = {j.source for j in here.values()}
-            source = next(s for s in _SOURCE_PRIORITY if s in sources)
+            source = next((s for s in _SOURCE_PRIORITY if s in sources), min(sources))
             out.append(
                 Judgement(score=score, rationale=f"mixture {score:.2f} = {head}\n{body}", source=source)
             )

@@ -250,6 +250,9 @@ class RewardWrapper(BaseWrapper):
                 info["coach"] = summary
         if self.monitor is not None and self._episode:
             self.monitor.update(self._episode)
+        observe = getattr(self.coach, "observe", None)  # a stateful coach learns from finished episodes
+        if callable(observe) and self._episode:
+            observe(self._episode)
 
     def _judge(self, records: Sequence[ActionRecord]) -> list[Judgement]:
         assert self.coach is not None
