@@ -91,7 +91,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def embedded_path(kind: str, split: str) -> Path:
-    """Path of a shipped task split, e.g. ``embedded_path("math", "train")``."""
+    """Path of a shipped task split, e.g. ``embedded_path("math", "train")``.
+
+    DSBench splits are not shipped but generated on first use from the installation's task secret (their answers
+    must not be recomputable from public code): see :mod:`mappa_envs.taskgen.cache`."""
+    if kind == "dsbench":
+        from mappa_envs.taskgen.cache import embedded_dsbench_split
+
+        return embedded_dsbench_split(split)
     import mappa_tasks
 
     root = mappa_tasks.root() / kind

@@ -1,15 +1,23 @@
-"""Generate the embedded DSBench-style splits: ``python -m mappa_envs.taskgen.dsbench_gen --out tasks/dsbench``.
+"""Generate the embedded DSBench-style splits (done on first use by :mod:`.cache`; by hand:
+``python -m mappa_envs.taskgen.dsbench_gen --out DIR``).
 
 Why generate: real DSBench data cannot ship with the repo (licences), yet tests, demos and CPU training need
 tabular tasks offline. These come from data that pip packages ship (scikit-learn's bundled sets, palmerpenguins)
-plus seeded synthetic sets, and are written in the DSBench layout (description.md, train.csv, test.csv,
+plus synthetic sets, and are written in the DSBench layout (description.md, train.csv, test.csv,
 sample_submission.csv, answers/test_answer.csv, metric.json) so the same loader and scorer serve both.
+
+Why a secret: this code and its data sources are public, so with a public seed agent code could rebuild a task's
+answers inside the sandbox. Every random choice (synthetic data, row order, ids, the train/test split) is seeded
+by :func:`seed_for`, one-way from the installation's task secret (:mod:`.secret`); the sandbox hides the secret,
+the generated tasks and the packages' data folders (:mod:`.sources`). ``Spec.seed`` keeps the public v1 seeds,
+only to rebuild the v1 tasks for reproducing old results.
 
 Each task is small (<= ~1500 rows, a model fits in seconds on 2 cores), has an id column, a constant/majority
 ``sample_submission.csv`` whose score is the ``baseline``, and ``best`` = the answers scored against themselves,
-both computed with :mod:`mappa_envs.tabular.scoring`. Output is a pure function of the code and the package
-versions: fixed seeds, fixed float rounding, ``\\n`` line ends, so regenerating reproduces every byte.
-Train and eval use disjoint data sources; both hold classification and regression tasks.
+both computed with :mod:`mappa_envs.tabular.scoring`. Output is a pure function of the code, the package versions
+and the secret: fixed float rounding, ``\\n`` line ends, so regenerating reproduces every byte. The number of
+rows per task does not depend on the seed, so results stay comparable across secrets. Train and eval use
+disjoint data sources; both hold classification and regression tasks.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from sklearn.model_selection import train_test_split
 
 from mappa_envs.tabular.metrics import get_metric
 from mappa_envs.tabular.scoring import score_submission
+from mappa_envs.taskgen.secret import derive_seed, task_secret
 
 
 @dataclass
@@ -712,14 +721,23 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     df.to_csv(path, index=False, lineterminator="\n")
 
 
-def build_task(spec: Spec) -> dict[str, Any]:
-    """Build one task's tables and texts (no files): train, test, answers, sample, metric meta, description."""
-    b = spec.build(spec.seed)
-    df = b.data.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)
-    ids = [b.id_format.format(i) for i in np.random.default_rng(spec.seed).permutation(len(df)) + 1]
+def seed_for(spec: Spec, secret: bytes | None) -> int:
+    """The task's seed: derived from ``secret``, or the public ``spec.seed`` (the v1 tasks) when it is None."""
+    return spec.seed if secret is None else derive_seed(secret, spec.id)
+
+
+def build_task(spec: Spec, seed: int | None = None) -> dict[str, Any]:
+    """Build one task's tables and texts (no files): train, test, answers, sample, metric meta, description.
+
+    ``seed`` (default the public ``spec.seed``) drives everything random: synthetic data, row order, ids and the
+    train/test split, so without it the answers cannot be rebuilt from this code."""
+    seed = spec.seed if seed is None else seed
+    b = spec.build(seed)
+    df = b.data.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    ids = [b.id_format.format(i) for i in np.random.default_rng(seed).permutation(len(df)) + 1]
     df.insert(0, b.id_column, ids)
     strat = df[b.stratify] if b.stratify else None
-    train, test = train_test_split(df, test_size=b.test_size, random_state=spec.seed, stratify=strat)
+    train, test = train_test_split(df, test_size=b.test_size, random_state=seed, stratify=strat)
     train = train.sort_values(b.id_column, key=_id_key).reset_index(drop=True)
     test = test.sort_values(b.id_column, key=_id_key).reset_index(drop=True)
     if b.label_column is not None:
@@ -745,9 +763,9 @@ def _id_key(s: pd.Series) -> pd.Series:
     return digits.astype(int) if digits.notna().all() else s
 
 
-def write_task(spec: Spec, out: Path) -> dict[str, Any]:
-    """Write one task folder under ``out/<split>/<id>`` and return its summary row."""
-    t = build_task(spec)
+def write_task(spec: Spec, out: Path, secret: bytes | None = None) -> dict[str, Any]:
+    """Write one task folder under ``out/<split>/<id>`` (seeded by :func:`seed_for`) and return its summary."""
+    t = build_task(spec, seed_for(spec, secret))
     b: Built = t["built"]
     task_dir = out / spec.split / spec.id
     if task_dir.exists():
@@ -776,9 +794,10 @@ def write_task(spec: Spec, out: Path) -> dict[str, Any]:
             raise RuntimeError(f"{spec.id}: the {key} submission does not score: {o['reason']}")
         scored[key] = float(o["score"])
     meta.update(scored)
-    meta["source"] = (
-        f"generated by mappa_envs.taskgen.dsbench_gen (seed {spec.seed}); regenerate, do not edit"
-    )
+    seeded = (
+        f"seed {spec.seed}" if secret is None else "seed derived from the task secret"
+    )  # v1 text kept as is
+    meta["source"] = f"generated by mappa_envs.taskgen.dsbench_gen ({seeded}); regenerate, do not edit"
     (task_dir / "metric.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8", newline="\n")
     (task_dir / "description.md").write_text(
         _description(b, t["train"], t["test"], t["sample"]), encoding="utf-8", newline="\n"
@@ -872,8 +891,13 @@ A missing or duplicate id, an empty or NaN cell, or a malformed value makes the 
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def generate(out: Path, only: Iterable[str] | None = None, clean: bool = False) -> list[dict[str, Any]]:
-    """Write the selected tasks (default all) under ``out``; ``clean`` first removes the split folders."""
+def generate(
+    out: Path, only: Iterable[str] | None = None, clean: bool = False, *, secret: bytes | None
+) -> list[dict[str, Any]]:
+    """Write the selected tasks (default all) under ``out``; ``clean`` first removes the split folders.
+
+    ``secret`` seeds every task (:func:`seed_for`); ``None`` rebuilds the v1 tasks from their public seeds, which
+    anyone can recompute: use that only to reproduce old results, never to train or evaluate."""
     wanted = set(only) if only else None
     specs = [s for s in SPECS if wanted is None or s.id in wanted]
     if wanted is not None and (unknown := wanted - {s.id for s in SPECS}):
@@ -881,19 +905,22 @@ def generate(out: Path, only: Iterable[str] | None = None, clean: bool = False) 
     if clean:
         for split in sorted({s.split for s in specs}):
             shutil.rmtree(out / split, ignore_errors=True)
-    return [write_task(s, out) for s in specs]
+    return [write_task(s, out, secret) for s in specs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="output folder (keep it outside every workspace)")
     ap.add_argument(
-        "--out", type=Path, default=Path("tasks/dsbench"), help="output folder (default tasks/dsbench)"
+        "--public-seeds",
+        action="store_true",
+        help="rebuild the v1 tasks from their public seeds (recomputable by anyone: for reproducing old results)",
     )
     ap.add_argument("--only", default="", help="comma-separated task ids to (re)generate; default all")
     ap.add_argument("--clean", action="store_true", help="remove the split folders first (drops stale tasks)")
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s.strip()] or None
-    rows = generate(args.out, only, args.clean)
+    rows = generate(args.out, only, args.clean, secret=None if args.public_seeds else task_secret())
     for r in rows:
         print(
             f"{r['split']:5} {r['id']:24} {r['task_type']:14} {r['metric']:9} "

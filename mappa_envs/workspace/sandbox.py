@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mappa_envs.taskgen.sources import TASK_SOURCES, hidden_host_paths
 from mappa_envs.workspace import cgroups, quota
 from mappa_envs.workspace.kernel import GiB, Wrapper, kernel_env
 
@@ -62,15 +63,8 @@ INSTALL_HINT = (
 HIDDEN_PACKAGES = ("mappa_tasks", "mappa_envs", "mappa_train")
 """Packages never visible to agent code: ``mappa_tasks`` ships the embedded tasks *with answers*, and the other two
 hold the task generators and graders."""
-TASK_SOURCES = (
-    "sklearn/datasets/data",
-    "sklearn/datasets/descr",
-    "sklearn/datasets/images",
-    "palmerpenguins/data",
-)
-"""Data that installed packages ship and the embedded DSBench tasks are generated from (see
-``mappa_envs.taskgen.dsbench_gen``): with it, agent code could look the test rows' targets up. Relative to a
-``site-packages`` folder; masked by default (:attr:`Policy.hide_data`)."""
+# The task sources to mask (package data the embedded tasks are built from, mappa's private home with the task
+# secret and the generated tasks) are declared by the task generator: mappa_envs.taskgen.sources.
 SITE_GLOBS = tuple(
     f"{pre}lib/python3*/{kind}" for pre in ("", "local/") for kind in ("site-packages", "dist-packages")
 )
@@ -422,7 +416,7 @@ class BwrapSandbox:
         python = argv[0]
         bound = (*_python_dirs(python), *(os.path.realpath(b) for b in p.ro_binds))
         binds = [a for d in bound for a in ("--ro-bind", d, d)]
-        masks = _mask_args((*bound, "/usr"), p.hide, p.hide_data)
+        masks = _mask_args((*bound, "/usr"), (*p.hide, *hidden_host_paths()), p.hide_data)
         env = kernel_env()
         env.update(
             PATH=os.path.dirname(python) + ":/usr/local/bin:/usr/bin:/bin",
