@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -177,19 +178,55 @@ def test_empty_folder_is_an_error(tmp_path):
 # ---------------------------------------------------------------------------------------------- generator
 
 
-def test_generator_is_deterministic(tmp_path):
-    ids = ["iris-species", "match-outcome", "loan-default", "delivery-time"]
-    rows = dsbench_gen.generate(tmp_path, only=ids)
-    assert sorted(r["id"] for r in rows) == sorted(ids)
+V1 = json.loads(
+    (Path(dsbench_gen.__file__).resolve().parents[2] / "tasks" / "dsbench" / "v1.json").read_text()
+)
+SOME = ["iris-species", "match-outcome", "loan-default", "delivery-time"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_public_seeds_reproduce_the_v1_tasks_byte_for_byte(tmp_path):
+    rows = dsbench_gen.generate(tmp_path, only=SOME, secret=None)
+    assert sorted(r["id"] for r in rows) == sorted(SOME)
     for r in rows:
-        fresh = tmp_path / r["split"] / r["id"]
-        shipped = embedded_path("dsbench", r["split"]) / r["id"]
-        files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
-        assert files == sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
-        for rel in files:
-            assert (fresh / rel).read_bytes() == (shipped / rel).read_bytes(), f"{r['id']}/{rel} differs"
+        want = V1["splits"][r["split"]][r["id"]]["sha256"]
+        got = {k: hashlib.sha256(v).hexdigest() for k, v in _files(tmp_path / r["split"] / r["id"]).items()}
+        assert got == want, r["id"]
+
+
+def test_a_secret_decides_the_answers_deterministically_and_keeps_the_sizes(tmp_path):
+    a1, a2, b = (tmp_path / n for n in ("a1", "a2", "b"))
+    dsbench_gen.generate(a1, only=SOME, secret=b"A" * 32)
+    dsbench_gen.generate(a2, only=SOME, secret=b"A" * 32)
+    dsbench_gen.generate(b, only=SOME, secret=b"B" * 32)
+    for spec in (s for s in dsbench_gen.SPECS if s.id in SOME):
+        rel = Path(spec.split) / spec.id
+        assert _files(a1 / rel) == _files(a2 / rel), spec.id  # same secret, same bytes
+        v1 = V1["splits"][spec.split][spec.id]
+        for name in ("train", "test"):
+            assert len((a1 / rel / f"{name}.csv").read_text().splitlines()) - 1 == v1[f"rows_{name}"], spec.id
+        assert _files(a1 / rel)["answers/test_answer.csv"] != _files(b / rel)["answers/test_answer.csv"], (
+            spec.id
+        )
+        assert "seed derived from the task secret" in (a1 / rel / "metric.json").read_text()
+        assert "seed derived" not in (a1 / rel / "description.md").read_text()
+
+
+def test_embedded_splits_keep_the_v1_task_ids_and_sizes(embedded):
+    for split, tasks in embedded.items():
+        assert sorted(t.id for t in tasks) == sorted(V1["splits"][split]), split
+        for t in tasks:
+            v1 = V1["splits"][split][t.id]
+            assert len(t.files["test.csv"].read_text().splitlines()) - 1 == v1["rows_test"], t.id
+            answers = hashlib.sha256(Path(t.meta["answers_csv"]).read_bytes()).hexdigest()
+            assert answers != v1["sha256"]["answers/test_answer.csv"], (
+                f"{t.id} still has its public-seed answers"
+            )
 
 
 def test_generator_rejects_unknown_ids(tmp_path):
     with pytest.raises(SystemExit, match="unknown task id"):
-        dsbench_gen.generate(tmp_path, only=["nope"])
+        dsbench_gen.generate(tmp_path, only=["nope"], secret=None)
