@@ -10,6 +10,8 @@ Each attack asserts the score, that the episode finished within its time bound a
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ import pytest
 import mappa_envs
 from mappa_envs import run_episode, team_from_replies
 from mappa_envs.tabular import load_dsbench_tasks
-from mappa_envs.taskgen import dsbench_gen, secret as secret_mod
+from mappa_envs.taskgen import dsbench_gen
+from mappa_envs.taskgen import secret as secret_mod
 from mappa_envs.workspace.sandbox import Policy, probe_bwrap
 
 BWRAP = probe_bwrap()
@@ -30,7 +33,10 @@ MiB = 1024**2
 POLICY = Policy(memory_bytes=2 * 1024**3, disk_bytes=64 * MiB, tmp_bytes=32 * MiB, runtime_bytes=16 * MiB)
 EPISODE_BOUND_S = 120.0
 TEST_SECRET = bytes(range(32))
-SYNTHETIC = ("wine-quality", "energy-demand")  # one classification, one regression, both from public code only
+SYNTHETIC = (
+    "wine-quality",
+    "energy-demand",
+)  # one classification, one regression, both from public code only
 PKG = Path(dsbench_gen.__file__).resolve().parents[1]  # mappa_envs/
 # What an attacker copies from the public repository: the generator and the modules it imports.
 PUBLIC_SOURCES = {
@@ -43,8 +49,9 @@ PUBLIC_SOURCES = {
 }
 
 REGENERATE = """
-import os, sys
+import base64, json, os, sys
 import pandas as pd
+SOURCES = json.loads(base64.b64decode(SOURCES_B64))  # the sources hold markdown fences: keep them out of the reply
 for rel, text in SOURCES.items():
     os.makedirs(os.path.join("pub", os.path.dirname(rel)), exist_ok=True)
     with open(os.path.join("pub", rel), "w") as f:
@@ -75,7 +82,7 @@ print("rebuilt rows found:", found, "of", len(test))
 FIND_BUNDLED = r"""
 import gzip, os, site, sys
 FINGERPRINTS = (b"Torgersen", b"5.1,3.5,1.4,0.2", b"4.9,3.0,1.4,0.2", b"4.9,3,1.4,0.2", b"5.1 3.5 1.4 0.2",
-                b"5.1000000000000000e+00 3.5000000000000000e+00", b"Iris-setosa", b"Adelie")
+                b"5.099999999999999645e+00 3.500000000000000000e+00", b"Iris-setosa", b"Adelie")
 NAMES = ("iris", "penguin", "adelie")
 found, errors = [], []
 for loader in ("sklearn.datasets:load_iris", "palmerpenguins:load_penguins"):
@@ -120,6 +127,7 @@ def make_env(tasks: Path, tmp_path: Path, policy: Policy = POLICY):
         workspace_dir=tmp_path / "ws",
         sandbox="strict",
         sandbox_policy=policy,
+        max_action_chars=1 << 20,  # the attacker pastes the public generator's source (~100 kB) in one reply
     )
 
 
@@ -138,7 +146,8 @@ def attack(env, code: str, task_id: str):
 
 def regenerate_code(task_id: str) -> str:
     sources = {rel: p.read_text(encoding="utf-8") for rel, p in PUBLIC_SOURCES.items()}
-    return f"SOURCES = {sources!r}\nTASK_ID = {task_id!r}\n{REGENERATE}"
+    encoded = base64.b64encode(json.dumps(sources).encode()).decode()
+    return f"SOURCES_B64 = {encoded!r}\nTASK_ID = {task_id!r}\n{REGENERATE}"
 
 
 def generated(tmp_path: Path, name: str, secret: bytes | None) -> Path:
@@ -156,11 +165,12 @@ def test_rebuilding_a_synthetic_task_from_public_code_and_seed_no_longer_scores(
             result, outcome = attack(v1_env, regenerate_code(task_id), task_id)
             assert result.ok, result.error
             assert "rebuilt rows found: 0 of" not in result.stdout
-            assert outcome["valid"] and outcome["relative"] == pytest.approx(1.0), (task_id, outcome)  # control
+            assert outcome["valid"] and outcome["relative"] > 0.99, (task_id, outcome)  # the control
 
             result, outcome = attack(env, regenerate_code(task_id), task_id)
             assert result.ok, result.error
-            assert "rebuilt rows found: 0 of" in result.stdout, result.stdout
+            found, _, total = result.stdout.split(":")[1].split()
+            assert int(found) < 0.1 * int(total), result.stdout  # only chance collisions of coarse features
             assert outcome["valid"] and outcome["relative"] < 0.05, (task_id, outcome)  # the baseline
         ok, _ = attack(env, "print(open('test.csv').readline().split(',')[0])", SYNTHETIC[0])
         assert ok.ok and ok.stdout.strip() == "id"  # the env carries on
@@ -182,7 +192,14 @@ def _run_search_here() -> str:
 
 def test_bundled_iris_and_penguins_are_not_readable_inside(tmp_path):
     host = _run_search_here()  # the control: the same search finds the bundled copies outside the sandbox
-    assert "iris.csv" in host and "penguins.csv" in host and "iris.arff" in host
+    for copy in (
+        "datasets/data/iris.csv",
+        "penguins.csv",
+        "iris.arff",
+        "spatial/tests/data/iris.txt",
+        "id_61",
+    ):
+        assert copy in host, copy
     env = make_env(generated(tmp_path, "secret", TEST_SECRET), tmp_path)
     try:
         result, outcome = attack(env, FIND_BUNDLED, SYNTHETIC[0])
@@ -197,7 +214,9 @@ def test_bundled_iris_and_penguins_are_not_readable_inside(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- (c)
 def test_secret_and_generated_answers_are_not_readable_even_inside_a_bound_folder(tmp_path, monkeypatch):
-    shared = tmp_path / "shared"  # a folder the sandbox binds read-only (e.g. a dataset cache, or a home venv)
+    shared = (
+        tmp_path / "shared"
+    )  # a folder the sandbox binds read-only (e.g. a dataset cache, or a home venv)
     home = shared / "mappa-home"
     monkeypatch.setenv("MAPPA_HOME", str(home))
     (shared).mkdir()
