@@ -9,6 +9,7 @@ from mappa_envs.engine import PipelineEnv, run_episode, team_from_replies
 from mappa_envs.records import ActionRecord, FileInfo, Judgement, ToolResult
 from mappa_envs.registry import make, raw_env, register, registry
 from mappa_envs.tasks import Task, TaskError, TaskSet
+from mappa_envs.views import SingleAgentEnv, register_gymnasium
 
 __version__ = "0.2.0"
 
@@ -46,6 +47,10 @@ for _name, _module, _description in _PIPELINES:
         )
 del _name, _module, _description, _version, _note
 
+# Every env id above also as a single-agent Gymnasium env, ``gymnasium.make("mappa/math-chat-v2", role="coder")``
+# (mappa_envs.views); registering is a dict entry, no env is built or imported until make.
+register_gymnasium(list(registry))
+
 __all__ = [
     "ActionRecord",
     "FileInfo",
@@ -59,6 +64,7 @@ __all__ = [
     "raw_env",
     "register",
     "registry",
+    "SingleAgentEnv",
     "run_episode",
     "team_from_replies",
 ]
