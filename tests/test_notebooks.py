@@ -149,3 +149,13 @@ def test_04_bring_your_own_algorithm(tmp_path, monkeypatch):
     values = [float(v) for v in re.findall(r"\d+\.\d+", row)]
     assert len(values) == 3
     assert max(values) > 3 / 27  # some learner beat a team that picks at random (1/27 for all three right)
+
+
+def test_05_train_one_role_with_trl(tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    nb, text = run_notebook("05_train_one_role_with_trl.ipynb", tmp_path, monkeypatch)
+    assert "'mappa/math-chat-v2'" in text  # registered with Gymnasium
+    assert "'success': True" in text  # the scripted coder through the single-agent view
+    steps = re.findall(r"TRL logged reward (\d+\.\d+) \| env paid the coder .* \(mean (\d+\.\d+)\)", text)
+    assert len(steps) == 2 and all(logged == paid for logged, paid in steps)
+    assert "episodes played: 8" in text and "coder's return:" in text
