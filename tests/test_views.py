@@ -169,3 +169,27 @@ def test_per_role_teammates_and_bad_input():
         SingleAgentEnv("math-debate-v2", role="judge", tasks=TASKS)
     with pytest.raises(TypeError, match="no reward wrapper"):
         SingleAgentEnv(mappa_envs.raw_env("math-chat-v2", tasks=TASKS), role="coder")
+
+
+def test_a_frozen_local_model_plays_the_teammates():
+    pytest.importorskip("torch")
+    from mappa_train.models import tiny_model_and_tokenizer
+    from mappa_train.policy import TeamPolicy
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    policy = TeamPolicy(model, tokenizer, ["solver", "coder", "verifier"], max_new_tokens=8).eval()
+    said: dict[str, str] = {}
+
+    def teammate(agent, messages):
+        said[agent] = policy.generate(agent, [messages])[0].text
+        return said[agent]
+
+    env = view(teammates=teammate)
+    try:
+        _, rewards, infos = play(env, lambda m: "I pass.", seed=0)
+        records = env.aec.unwrapped.records
+        assert [r.role for r in records] == ["solver", "coder", "verifier"]
+        assert records[0].action == said["solver"] and records[2].action == said["verifier"]
+        assert len(rewards) == 1 and infos[-1]["outcome"] is not None
+    finally:
+        env.close()
