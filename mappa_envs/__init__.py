@@ -56,6 +56,7 @@ __all__ = [
     "FileInfo",
     "Judgement",
     "PipelineEnv",
+    "SingleAgentEnv",
     "Task",
     "TaskError",
     "TaskSet",
@@ -64,7 +65,6 @@ __all__ = [
     "raw_env",
     "register",
     "registry",
-    "SingleAgentEnv",
     "run_episode",
     "team_from_replies",
 ]

@@ -21,8 +21,9 @@ gives them one role of a pipeline::
   ``gymnasium.spaces.Text``). ``reset(seed=...)`` seeds the AEC env (task choice, episode id) and the view's
   ``np_random``; scripted teammates are deterministic, so a seed reproduces an episode.
 
-Every registered mappa env ``<id>`` is registered with Gymnasium as ``mappa/<id>`` (``import mappa_envs`` does it;
-no env is built until ``gymnasium.make``). Keyword arguments of ``gymnasium.make`` go to :class:`SingleAgentEnv`
+Every mappa env ``<id>`` registered at import is registered with Gymnasium as ``mappa/<id>`` (``import mappa_envs``
+does it; no env is built until ``gymnasium.make``); for an env you register later, call
+``register_gymnasium([id])`` or build ``SingleAgentEnv(id, role)`` directly. Keyword arguments of ``gymnasium.make`` go to :class:`SingleAgentEnv`
 and from there to :func:`mappa_envs.make` (``reward=``, ``coach=``, ``tasks=``, ...).
 """
 
