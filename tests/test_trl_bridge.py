@@ -163,3 +163,28 @@ def test_bad_input_is_named():
             bridge.rollout([[{"role": "user", "content": "What is 1 + 1?"}]], SimpleNamespace())
     finally:
         bridge.close()
+
+
+def test_an_observation_that_rewrites_earlier_messages_is_counted_and_the_context_extended():
+    """The coder writes a file, so its next observation's user message lists it: the bridge keeps the tokens the
+    model holds, appends the tool output, counts the rewrite, and the episode is graded as usual."""
+    _, tokenizer = tiny_model_and_tokenizer()
+    bridge = TRLBridge("math-chat-v2", role="coder", tasks=TASKS, kernel_pool=0)
+    try:
+        replies = ["```python\nopen('note.txt', 'w').write('12')\nprint(7 + 5)\n```", "So \\boxed{12}."]
+        generate, calls = _scripted_generator(tokenizer, replies)
+        trainer = SimpleNamespace(
+            processing_class=tokenizer, max_completion_length=512, _generate_single_turn=generate
+        )
+        out = bridge.rollout(bridge.dataset()[:1]["prompt"], trainer)
+        episode = bridge.episodes[-1]
+        second_obs = [r for r in episode.records if r.role == "coder"][1].observation
+        assert "note.txt" in second_obs[1]["content"] and bridge.rewritten_contexts == 1
+        assert calls[1][0][: len(out["prompt_ids"][0])] == out["prompt_ids"][0]  # the held context, extended
+        assert calls[1][0] != bridge._render(trainer, second_obs, generation_prompt=True)
+        assert "12" in tokenizer.decode(
+            [t for t, m in zip(out["completion_ids"][0], out["env_mask"][0], strict=True) if not m]
+        )
+        assert episode.outcome["success"] is True
+    finally:
+        bridge.close()
