@@ -149,7 +149,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file, or a ValueError naming the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {path} does not exist; pass the path of a YAML file, e.g. configs/tiny.yaml")
+        raise ValueError(
+            f"config file {path} does not exist; pass the path of a YAML file, e.g. configs/tiny.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -175,7 +175,9 @@ def env_parameters(env_id: str) -> dict[str, Any] | None:
     factory = getattr(importlib.import_module(module), name)
     params, takes_more = _parameters(factory)
     if takes_more:
-        returned = typing.get_type_hints(factory).get("return") if hasattr(factory, "__annotations__") else None
+        returned = (
+            typing.get_type_hints(factory).get("return") if hasattr(factory, "__annotations__") else None
+        )
         if not isinstance(returned, type):
             return None
         more, takes_more = _parameters(returned.__init__)
