@@ -98,9 +98,14 @@ def _config(args: argparse.Namespace, checkpoint: Path | None = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mappa_train.rundir import claim
     from mappa_train.trainer import Trainer
 
     config = _config(args)
+    if (
+        not args.overwrite
+    ):  # refuse before a model is built; read-only, so every process may check (fit does too)
+        claim(Path(config.out_dir), config.to_dict(), resume=args.resume, overwrite=False)
     trainer = Trainer(config)
     history = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     if trainer.rank == 0:
