@@ -242,8 +242,14 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     check_checkpoint(path)
-    tensors = load_file(str(path / "trainer.safetensors"))
-    return decode(json.loads((path / "trainer.json").read_text()), tensors)
+    try:
+        tensors = load_file(str(path / "trainer.safetensors"))
+        return decode(json.loads((path / "trainer.json").read_text()), tensors)
+    except Exception as e:  # a file that matches its checksum but is not what mappa writes: refuse it, run nothing
+        raise CheckpointError(
+            f"checkpoint {path}: trainer.safetensors / trainer.json are not a mappa trainer state ({e}); "
+            f"use another checkpoint ({describe_available(path.parent)})"
+        ) from None
 
 
 def saved_config(path: Path) -> dict[str, Any]:

@@ -149,15 +149,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file, or a ValueError naming the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
+        raise validation.ConfigError(
             f"config file {path} does not exist; pass the path of a YAML file, e.g. configs/tiny.yaml"
         )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from None
+        raise validation.ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a YAML mapping of field: value")
+        raise validation.ConfigError(f"{path}: a config file must be a YAML mapping of field: value")
     return data
 
 
@@ -167,9 +167,9 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} must look like key=value (e.g. steps=4)")
+            raise validation.ConfigError(f"override {item!r} must look like key=value (e.g. steps=4)")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: the value is not valid YAML: {e}") from None
+            raise validation.ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
     return out
