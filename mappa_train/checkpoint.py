@@ -139,14 +139,19 @@ def save_checkpoint(root: Path, step: int, policy: Any, trainer_state: dict[str,
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
     fsync_tree(tmp)
     if final.exists():
-        old = root / f"{TMP_PREFIX}{step:06d}-replaced-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(final)
     os.replace(tmp, final)
     _fsync_dir(root)
     for stale in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_checkpoint(stale)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that a kill midway never leaves a half-deleted ``step-N``: rename, then delete."""
+    doomed = path.parent / f"{TMP_PREFIX}{path.name[len(PREFIX) :]}-removed-{os.getpid()}"
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -245,7 +250,9 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     try:
         tensors = load_file(str(path / "trainer.safetensors"))
         return decode(json.loads((path / "trainer.json").read_text()), tensors)
-    except Exception as e:  # a file that matches its checksum but is not what mappa writes: refuse it, run nothing
+    except (
+        Exception
+    ) as e:  # a file that matches its checksum but is not what mappa writes: refuse it, run nothing
         raise CheckpointError(
             f"checkpoint {path}: trainer.safetensors / trainer.json are not a mappa trainer state ({e}); "
             f"use another checkpoint ({describe_available(path.parent)})"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -29,6 +28,7 @@ from mappa_train.checkpoint import (
     check_checkpoint,
     latest_checkpoint,
     load_trainer_state,
+    remove_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -270,7 +270,7 @@ class Trainer:
                 )
                 print(f"{where}; removing the damaged ones", file=sys.stderr)
                 for bad in damaged:
-                    shutil.rmtree(bad, ignore_errors=True)
+                    remove_checkpoint(bad)
             if path is None:
                 return False
         state = load_trainer_state(path)
