@@ -8,6 +8,7 @@ wrong type (checked against the field's annotation, so a new field is checked wi
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +89,18 @@ class TrainConfig:
     ) -> TrainConfig:
         data = {**data, **parse_overrides(overrides)}
         validation.check_fields(cls, data, where)
-        config = cls(**data)
-        config.validate(where)
-        return config
+        token = _WHERE.set(where)
+        try:
+            return cls(**data)  # __post_init__ validates, naming ``where``
+        finally:
+            _WHERE.reset(token)
+
+    def __post_init__(self) -> None:
+        self.validate(_WHERE.get())
 
     def validate(self, where: str = "config") -> None:
-        """Choices and ranges; types were checked by :func:`validation.check_fields` (``from_dict``)."""
+        """Types, choices, ranges and env_kwargs; run on every construction, so ``TrainConfig(lr="1e-4")`` in
+        Python is refused as the YAML is."""
         validation.check_fields(type(self), self.to_dict(), where)
         validation.check_choices(self, CHOICES, where)
         validation.check_ranges(self, RANGES, where)
@@ -102,6 +109,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# what the messages of a config being loaded name: its file, or "config"
+_WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="config")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "reward": ("coach", "outcome"),

@@ -87,3 +87,10 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
     broken.write_text("steps: [1, 2\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         TrainConfig.from_yaml(broken)
+
+
+def test_a_config_built_in_python_is_checked_too():
+    with pytest.raises(ConfigError, match="lr: must be a number, got '1e-4'"):
+        TrainConfig(lr="1e-4")
+    with pytest.raises(ConfigError, match="checkpoint_every must be >= 0"):
+        dataclasses.replace(TrainConfig(), checkpoint_every=-2)
