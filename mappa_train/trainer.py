@@ -263,8 +263,8 @@ class Trainer:
                 damaged.append(bad)
                 print(f"checkpoint {bad} is damaged ({why}); skipping it", file=sys.stderr)
 
-            path = latest_checkpoint(root, report=report)
-            if damaged:
+            path = latest_checkpoint(root, report=report if dist.is_main() else None)
+            if damaged:  # only the main process reports and removes
                 where = (
                     f"resuming from {path.name}" if path else "no intact checkpoint is left: starting over"
                 )

@@ -146,6 +146,11 @@ def test_steps_zero_only_evaluates_and_eval_at_start_can_be_skipped(tmp_path):
         TrainConfig.from_dict({}, ["steps=-1"])
 
 
+def test_checkpoint_every_zero_keeps_only_the_final_checkpoint(tmp_path):
+    Trainer(tiny_config(tmp_path, "steps=2", "checkpoint_every=0", "eval_at_start=false")).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002"]
+
+
 def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
     prompt = policy.encode_prompt([{"role": "user", "content": "What is 2 + 2?"}])
     good = tokenizer.encode("The answer is 4.", add_special_tokens=False) + [tokenizer.eos_token_id]
