@@ -177,12 +177,17 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
+def is_old_format(path: Path) -> bool:
+    """A checkpoint of mappa before format 2: its trainer state is ``trainer.pt``, a pickle."""
+    return (path / "trainer.pt").exists() and not (path / "trainer.json").exists()
+
+
 def damage(path: Path) -> str | None:
     """Why the checkpoint at ``path`` cannot be loaded, or ``None`` when it is intact."""
     meta_path = path / "meta.json"
     if not path.is_dir():
         return "it does not exist"
-    if (path / "trainer.pt").exists() and not (path / "trainer.json").exists():
+    if is_old_format(path):
         return (
             "it is in the old format (trainer.pt, a pickle, which can run code when loaded and is no longer "
             "read); retrain, or load its policy/ weights alone with the policy's load()"

@@ -25,8 +25,11 @@ import mappa_envs
 from mappa_envs.tasks import TaskSet
 from mappa_train import distributed as dist
 from mappa_train.checkpoint import (
+    CheckpointError,
     check_checkpoint,
+    is_old_format,
     latest_checkpoint,
+    list_checkpoints,
     load_trainer_state,
     remove_checkpoint,
     save_checkpoint,
@@ -257,6 +260,13 @@ class Trainer:
             path = check_checkpoint(Path(path))
         else:
             root = self.out_dir / "checkpoints"
+            old = [p.name for p in list_checkpoints(root) if is_old_format(p)]
+            if old:  # not damage: another run's history, never deleted here
+                raise CheckpointError(
+                    f"{root} holds checkpoints of an older mappa ({', '.join(old)}: trainer.pt, a pickle, which "
+                    "can run code when loaded and is no longer read). They cannot be resumed: start a new run "
+                    "in a new out_dir, or pass --overwrite to replace this one"
+                )
             damaged: list[Path] = []
 
             def report(bad: Path, why: str) -> None:

@@ -129,6 +129,11 @@ def test_eval_of_a_planted_pickle_refuses_and_runs_none_of_it(tmp_path, capsys):
     assert "not a mappa trainer state" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(beside), "eval_episodes=1"]) == 0
     assert main(["play", "math-chat", "--team", "model", "--checkpoint", str(old)]) == 2
+    capsys.readouterr()
+    # resuming a run folder of old-format checkpoints: refused, and its checkpoints are not deleted as "damaged"
+    assert main(["train", "--config", str(TINY), f"out_dir={old.parents[1]}", "--resume"]) == 2
+    assert "holds checkpoints of an older mappa (step-000001" in capsys.readouterr().err
+    assert (old / "trainer.pt").exists()
     assert not marker.exists()
 
 
