@@ -168,6 +168,8 @@ def _team_config(args: argparse.Namespace):
     """``(config, checkpoint)`` of ``play --team model``, resolved once per command."""
     if not hasattr(args, "_team_config"):
         checkpoint = find_checkpoint(args.checkpoint) if args.checkpoint else None
+        if checkpoint is None and not args.config:  # the untrained default team plays the env it is asked to
+            args.overrides = [f"env={args.env}", *args.overrides]
         args._team_config = (_config(args, checkpoint), checkpoint)
     return args._team_config
 
@@ -307,8 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides sit anywhere (argparse alone takes them only before the options
+    that follow a positional: ``play math-chat --team model model=tiny`` would be refused)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except _user_errors() as e:

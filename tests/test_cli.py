@@ -171,3 +171,20 @@ def test_config_errors_name_the_key_and_the_fix_without_a_traceback(tmp_path, ca
     err = capsys.readouterr().err
     assert "lr: must be a number, got '1e-4' (a string); write 1.0e-4" in err
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_the_untrained_default_team_plays_the_env_it_is_asked_to():
+    import mappa_train.cli as cli
+
+    args = cli.parse(
+        ["play", "math-debate", "--team", "model", "model=tiny"]
+    )  # an override after the options
+    env = cli.model_env(args)  # no --config, no --checkpoint: the default config, on the env asked for
+    try:
+        assert (
+            env.unwrapped.env_id.startswith("math-debate") and cli._team_config(args)[0].env == "math-debate"
+        )
+    finally:
+        env.close()
+    with pytest.raises(SystemExit):
+        cli.parse(["play", "math-debate", "--team", "model", "--bogus"])
