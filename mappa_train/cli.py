@@ -52,14 +52,20 @@ TEAM_KEYS = (
 
 def find_checkpoint(arg: str) -> Path:
     """A run folder (its latest intact checkpoint) or a ``checkpoints/step-N`` folder, checked intact."""
-    from mappa_train.checkpoint import CheckpointError, check_checkpoint, latest_checkpoint, list_checkpoints
+    from mappa_train.checkpoint import (
+        CheckpointError,
+        check_checkpoint,
+        describe_available,
+        latest_checkpoint,
+        list_checkpoints,
+    )
 
     path = Path(arg)
     for root in (path / "checkpoints", path):
         if list_checkpoints(root):
             found = latest_checkpoint(root)
             if found is None:
-                raise CheckpointError(f"no intact checkpoint in {root}; every one there is damaged")
+                raise CheckpointError(f"no intact checkpoint in {root}: {describe_available(root)}")
             return found
     if path.is_dir() and not (path / "meta.json").exists() and not (path / "trainer.pt").exists():
         if (path / "metrics.jsonl").exists() or (path / "config.json").exists():
@@ -102,9 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mappa_train.trainer import Trainer
 
     config = _config(args)
-    if (
-        not args.overwrite
-    ):  # refuse before a model is built; read-only, so every process may check (fit does too)
+    # refuse a used out_dir before a model is built; read-only, so every process may check (fit does too)
+    if not args.overwrite:
         claim(Path(config.out_dir), config.to_dict(), resume=args.resume, overwrite=False)
     trainer = Trainer(config)
     history = trainer.fit(resume=args.resume, overwrite=args.overwrite)
