@@ -44,7 +44,7 @@ coach-model-deps: setup
 	  echo "llama-cpp-python could not be installed: the real-model coach test will skip"
 
 demo: setup
-	$(PY) -m mappa_train.cli train --config configs/demo.yaml
+	$(PY) -m mappa_train.cli train --config configs/demo.yaml --overwrite  # a demo run starts clean each time
 
 test: setup sandbox-deps coach-model-deps
 	MAPPA_REQUIRE_SANDBOX=$$(command -v bwrap >/dev/null && echo 1) $(PY) -m pytest -q

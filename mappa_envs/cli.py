@@ -48,14 +48,18 @@ def cmd_envs(args: argparse.Namespace) -> int:
 TEAMS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
     "scripted": lambda args, env: scripted_team(env.unwrapped.spec.name),
 }
+# Teams that bring their env (a trained team plays with the settings it was trained with): name -> factory(args).
+TEAM_ENVS: dict[str, Callable[[argparse.Namespace], Any]] = {}
 
 
 def cmd_play(args: argparse.Namespace) -> int:
     if args.team not in TEAMS:
         print(f"unknown team {args.team!r}; available: {', '.join(sorted(TEAMS))}", file=sys.stderr)
         return 2
-    kwargs = {"tasks": args.tasks} if args.tasks else {}
-    env = mappa_envs.make(args.env, **kwargs)
+    if args.team in TEAM_ENVS:
+        env = TEAM_ENVS[args.team](args)
+    else:
+        env = mappa_envs.make(args.env, **({"tasks": args.tasks} if args.tasks else {}))
     spec = env.unwrapped.spec
     team = TEAMS[args.team](args, env)
     titles = {r.name: r.title for r in spec.roles}
@@ -75,7 +79,9 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mappa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="mappa",
+        description="mappa: PettingZoo envs for teams of LLM agents. Commands: envs, play.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("envs", help="list the registered environments")
@@ -87,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="scripted",
         help="who plays: 'scripted' (a hand-written team) or, with mappa_train installed, 'model' (see --config)",
     )
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=1, help="how many episodes to play (default: 1)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the first episode; episode i uses seed+i (default: 0)"
+    )
     p.add_argument("--tasks", default=None, help="task source: embedded:train, embedded:eval, or a path")
     p.set_defaults(func=cmd_play)
     return parser

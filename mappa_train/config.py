@@ -1,17 +1,22 @@
 """Training configuration: one dataclass, loaded from YAML, overridable from the command line (``key=value``).
 
-Every field is read by the trainer and documented here; there are no knobs that do nothing (the reference had
-several). Unknown keys are errors, so a typo never silently falls back to a default.
+Every field is read by the trainer and documented here; there are no knobs that do nothing. A config is checked
+when it is loaded, before any env or model is built (:mod:`mappa_train.validation`): unknown keys, values of the
+wrong type (checked against the field's annotation, so a new field is checked without more code), ranges and
+``env_kwargs`` against the env's own signature, each with a message naming the key and the fix.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mappa_train import validation
 
 
 @dataclass
@@ -68,58 +73,113 @@ class TrainConfig:
     eval_every: int = 5  # steps between held-out evaluations (0 = only before and after)
     eval_episodes: int = 0  # 0 = every eval task once
     eval_at_start: bool = True  # evaluate before the first step (arms sharing one untrained team may skip it)
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # steps between checkpoints (0 = only the final one)
     seed: int = 0
     out_dir: str = "runs/default"
     progress: bool = True
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a YAML mapping of field: value")
+        data = read_yaml(path)
         return cls.from_dict(data, overrides, where=str(path))
 
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], overrides: list[str] | None = None, where: str = "config"
     ) -> TrainConfig:
-        data = dict(data)
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} must look like key=value")
-            data[key.strip()] = yaml.safe_load(value)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown config keys {unknown}; known keys: {sorted(known)}")
-        config = cls(**data)
-        config.validate()
-        return config
+        data = {**data, **parse_overrides(overrides)}
+        validation.check_fields(cls, data, where)
+        token = _WHERE.set(where)
+        try:
+            return cls(**data)  # __post_init__ validates, naming ``where``
+        finally:
+            _WHERE.reset(token)
 
-    def validate(self) -> None:
-        choices = {
-            "reward": ("coach", "outcome"),
-            "mode": ("lora", "full"),
-            "algorithm": ("reinforce_pp", "outcome_only", "grpo"),
-            "loss": ("ppo", "reinforce"),
-            "old_logprobs": ("recompute", "sampler"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"config {key}={getattr(self, key)!r}: must be one of {allowed}")
-        if self.steps < 0:
-            raise ValueError(f"config steps must be >= 0 (0 = evaluate only), got {self.steps}")
-        for key in (
-            "episodes_per_step",
-            "parallel_envs",
-            "micro_batch",
-            "update_epochs",
-            "max_new_tokens",
-        ):
-            if getattr(self, key) < 1:
-                raise ValueError(f"config {key} must be >= 1, got {getattr(self, key)}")
+    def __post_init__(self) -> None:
+        self.validate(_WHERE.get())
+
+    def validate(self, where: str = "config") -> None:
+        """Types, choices, ranges and env_kwargs; run on every construction, so ``TrainConfig(lr="1e-4")`` in
+        Python is refused as the YAML is."""
+        validation.check_fields(type(self), self.to_dict(), where)
+        validation.check_choices(self, CHOICES, where)
+        validation.check_ranges(self, RANGES, where)
+        validation.check_env_kwargs(self.env, self.env_kwargs, RESERVED_ENV_KWARGS, where)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# what the messages of a config being loaded name: its file, or "config"
+_WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="config")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "reward": ("coach", "outcome"),
+    "mode": ("lora", "full"),
+    "algorithm": ("reinforce_pp", "outcome_only", "grpo"),
+    "loss": ("ppo", "reinforce"),
+    "old_logprobs": ("recompute", "sampler"),
+}
+# (low, high, what the bounds mean); None = unbounded. Fields not named here are only type-checked.
+RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "steps": (0, None, "0 = evaluate the untrained team only"),
+    "episodes_per_step": (1, None, ""),
+    "parallel_envs": (1, None, ""),
+    "micro_batch": (1, None, ""),
+    "update_epochs": (1, None, ""),
+    "max_new_tokens": (1, None, ""),
+    "max_prompt_tokens": (1, None, ""),
+    "lora_r": (1, None, ""),
+    "lora_alpha": (0, None, ""),
+    "eval_every": (0, None, "0 = only before and after training"),
+    "eval_episodes": (0, None, "0 = every eval task once"),
+    "checkpoint_every": (0, None, "0 = only the final checkpoint"),
+    "lr": (0, None, ""),
+    "weight_decay": (0, None, ""),
+    "max_grad_norm": (0, None, ""),
+    "kl_beta": (0, None, ""),
+    "clip_eps": (0, None, ""),
+    "adv_std_floor": (0, None, ""),
+    "gamma": (0, 1, ""),
+    "temperature": (0, None, "0 = greedy"),
+    "eval_temperature": (0, None, "0 = greedy"),
+    "top_p": (0, 1, ""),
+}
+# make() arguments the trainer sets from config keys of their own: an env_kwargs entry would be overridden
+RESERVED_ENV_KWARGS: dict[str, str] = {
+    "tasks": "train_tasks / eval_tasks",
+    "reward": "reward",
+    "coach": "coach",
+    "hindsight": "hindsight",
+    "version": "env (e.g. env: math-chat-v1)",
+}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or a ValueError naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise validation.ConfigError(
+            f"config file {path} does not exist; pass the path of a YAML file, e.g. configs/tiny.yaml"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise validation.ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise validation.ConfigError(f"{path}: a config file must be a YAML mapping of field: value")
+    return data
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["steps=4", "lr=1.0e-4"]`` -> ``{"steps": 4, "lr": 1e-4}`` (values are YAML, as in a config file)."""
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise validation.ConfigError(f"override {item!r} must look like key=value (e.g. steps=4)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise validation.ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -23,10 +24,21 @@ from tqdm.auto import tqdm
 import mappa_envs
 from mappa_envs.tasks import TaskSet
 from mappa_train import distributed as dist
-from mappa_train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from mappa_train.checkpoint import (
+    CheckpointError,
+    check_checkpoint,
+    is_old_format,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    remove_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from mappa_train.config import TrainConfig
 from mappa_train.rollout import Episode, episodes_to_samples, run_rollouts
-from mappa_train.runlog import RunLogger
+from mappa_train.rundir import claim
+from mappa_train.runlog import RunLogger, atomic_write_text, read_metrics
 from mappa_train.types import Sample
 from mappa_train.update import compute_advantages, update_role
 
@@ -50,6 +62,23 @@ def filter_tasks(tasks: TaskSet, tags: Sequence[str]) -> TaskSet:
             "check the spelling against the tasks' 'tags' field or drop a key"
         )
     return TaskSet(kept, name=f"{tasks.name}{list(tags)}")
+
+
+def load_tasks(config: TrainConfig, source: str) -> TaskSet:
+    """The tasks at ``source`` as the env loads them, narrowed by ``config.task_filter``."""
+    probe = mappa_envs.make(config.env, reward="outcome", tasks=source)
+    try:
+        return filter_tasks(probe.unwrapped.tasks, config.task_filter)
+    finally:
+        probe.close()
+
+
+def make_env(config: TrainConfig, tasks: TaskSet | str, env_id: str | None = None) -> Any:
+    """An env built as the trainer builds it: the config's reward, coach and ``env_kwargs``."""
+    kwargs: dict[str, Any] = {"tasks": tasks, "reward": config.reward, **config.env_kwargs}
+    if config.reward == "coach":
+        kwargs.update(coach=config.coach, hindsight=config.hindsight)
+    return mappa_envs.make(env_id or config.env, **kwargs)
 
 
 def build_policy(config: TrainConfig, roles: list[str]):
@@ -132,9 +161,7 @@ class Trainer:
         self.roles = list(probe.unwrapped.possible_agents)
         self.train_tasks = filter_tasks(probe.unwrapped.tasks, config.task_filter)
         probe.close()
-        probe = mappa_envs.make(config.env, reward="outcome", tasks=config.eval_tasks)
-        self.eval_tasks = filter_tasks(probe.unwrapped.tasks, config.task_filter)
-        probe.close()
+        self.eval_tasks = load_tasks(config, config.eval_tasks)
         torch.manual_seed(config.seed)
         self.policy = policy if policy is not None else build_policy(config, self.roles)
         self.optimizers = {
@@ -150,11 +177,7 @@ class Trainer:
 
     # -- envs ----------------------------------------------------------------------------------------------------
     def _make_env(self, tasks: TaskSet) -> Any:
-        c = self.config
-        kwargs: dict[str, Any] = {"tasks": tasks, "reward": c.reward, **c.env_kwargs}
-        if c.reward == "coach":
-            kwargs.update(coach=c.coach, hindsight=c.hindsight)
-        return mappa_envs.make(c.env, **kwargs)
+        return make_env(self.config, tasks)
 
     def _envs(self, which: str) -> list[Any]:
         pool = self._train_envs if which == "train" else self._eval_envs
@@ -227,10 +250,39 @@ class Trainer:
         return save_checkpoint(self.out_dir / "checkpoints", self.step, self.policy, self._state())
 
     def resume(self, path: Path | None = None) -> bool:
-        """Load the latest (or given) checkpoint; False when there is none."""
-        path = path or latest_checkpoint(self.out_dir / "checkpoints")
-        if path is None:
-            return False
+        """Load the given checkpoint, or the latest intact one in out_dir; False when out_dir has none.
+
+        A given checkpoint that is missing or damaged is a :class:`~mappa_train.checkpoint.CheckpointError`
+        naming the ones there are; without one, damaged newer checkpoints are skipped, reported and deleted
+        (the run continues from the last intact one and will write them again).
+        """
+        if path is not None:
+            path = check_checkpoint(Path(path))
+        else:
+            root = self.out_dir / "checkpoints"
+            old = [p.name for p in list_checkpoints(root) if is_old_format(p)]
+            if old:  # not damage: another run's history, never deleted here
+                raise CheckpointError(
+                    f"{root} holds checkpoints of an older mappa ({', '.join(old)}: trainer.pt, a pickle, which "
+                    "can run code when loaded and is no longer read). They cannot be resumed: start a new run "
+                    "in a new out_dir, or pass --overwrite to replace this one"
+                )
+            damaged: list[Path] = []
+
+            def report(bad: Path, why: str) -> None:
+                damaged.append(bad)
+                print(f"checkpoint {bad} is damaged ({why}); skipping it", file=sys.stderr)
+
+            path = latest_checkpoint(root, report=report if dist.is_main() else None)
+            if damaged:  # only the main process reports and removes
+                where = (
+                    f"resuming from {path.name}" if path else "no intact checkpoint is left: starting over"
+                )
+                print(f"{where}; removing the damaged ones", file=sys.stderr)
+                for bad in damaged:
+                    remove_checkpoint(bad)
+            if path is None:
+                return False
         state = load_trainer_state(path)
         self.policy.load(path / "policy")
         for role, opt in self.optimizers.items():
@@ -240,17 +292,44 @@ class Trainer:
         set_rng_state(state["rng"])
         return True
 
+    def _finished(self) -> dict[str, Any]:
+        """What ``fit`` returns for a resumed run that has no steps left: its logged numbers, nothing re-run."""
+        rows = read_metrics(self.out_dir / "metrics.jsonl")
+        evals = [r for r in rows if "eval/success_rate" in r]
+        history: dict[str, Any] = {"finished": True, "step": self.step}
+        before = [r for r in evals if r["step"] == 0]
+        if before:
+            history["before"] = {k: v for k, v in before[-1].items() if k.startswith("eval/")}
+        if evals and evals[-1]["step"] > 0:
+            history["after"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
+        if (self.out_dir / "curves.png").exists():
+            history["plot"] = str(self.out_dir / "curves.png")
+        return history
+
     # -- loop ----------------------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``config.steps``. A fresh run needs an unused out_dir (or ``overwrite``, which clears it);
+        ``resume`` continues the run in out_dir from its last intact checkpoint, with the config it began with."""
         c = self.config
+        if dist.is_main():
+            claim(self.out_dir, c.to_dict(), resume=resume, overwrite=overwrite)
+        dist.barrier()
         if c.old_logprobs == "sampler" and c.steps > 0 and dist.is_main():  # only updates are affected
             warnings.warn(SAMPLER_NOISE_WARNING, stacklevel=2)
         resumed = self.resume() if resume else False
+        if resume and not resumed and dist.is_main():
+            print(
+                f"no checkpoint in {self.out_dir / 'checkpoints'}: starting the run from step 0",
+                file=sys.stderr,
+            )
+        if resumed and self.step >= c.steps:
+            self.close()
+            return self._finished()
         logger = (
             RunLogger(self.out_dir, resume_step=self.step if resumed else None) if dist.is_main() else None
         )
         if logger is not None:
-            (self.out_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
+            atomic_write_text(self.out_dir / "config.json", json.dumps(c.to_dict(), indent=2))
         history: dict[str, Any] = {}
         try:
             if not resumed and (c.eval_at_start or c.steps == 0):
@@ -296,7 +375,7 @@ class Trainer:
                     logger.log(self.step, metrics)
                     logger.transcripts(self.step, "train", episodes)
                 bar.set_postfix(success=f"{metrics.get('train/success_rate', 0):.2f}")
-                if last or self.step % c.checkpoint_every == 0:
+                if last or (c.checkpoint_every and self.step % c.checkpoint_every == 0):
                     self.save()
                 history["after"] = {k: v for k, v in metrics.items() if k.startswith("eval/")} or history.get(
                     "after"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def adapter_state(policy: TeamPolicy) -> dict[str, torch.Tensor]:
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown config key 'stpes'; did you mean 'steps'"):
         TrainConfig.from_dict({"stpes": 3})
     with pytest.raises(ValueError, match="algorithm"):
         TrainConfig.from_dict({}, ["algorithm=ppo2"])
@@ -143,6 +144,11 @@ def test_steps_zero_only_evaluates_and_eval_at_start_can_be_skipped(tmp_path):
     assert [r["step"] for r in rows] == [1] and "eval/success_rate" in rows[0]
     with pytest.raises(ValueError, match="steps must be >= 0"):
         TrainConfig.from_dict({}, ["steps=-1"])
+
+
+def test_checkpoint_every_zero_keeps_only_the_final_checkpoint(tmp_path):
+    Trainer(tiny_config(tmp_path, "steps=2", "checkpoint_every=0", "eval_at_start=false")).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000002"]
 
 
 def _fixed_batch(policy: TeamPolicy, tokenizer) -> list[Sample]:
@@ -293,12 +299,21 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     while not (killed_dir / "checkpoints" / "step-000002").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.0))  # anywhere in step 3: rollout, update, log or checkpoint write
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed_dir / "checkpoints" / "step-000004").exists()  # it really died mid-run
+    # the worst a kill (or a lost write) leaves: a cut last log line and a damaged newest checkpoint
+    with (killed_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "train/succ')
+    newest = sorted((killed_dir / "checkpoints").glob("step-*"))[-1]
+    with (newest / "trainer.safetensors").open("r+b") as f:
+        f.truncate(100)
     resumed = _train_cli(killed_dir, "--resume")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
+    assert f"checkpoint {newest} is damaged" in out and "resuming from step-" in out, out
+    assert "dropped a half-written last line" in out, out
     a, b = _final_adapters(tmp_path / "straight"), _final_adapters(killed_dir)
     assert a.keys() == b.keys() and a
     for k in a:
