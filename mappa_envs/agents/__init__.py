@@ -3,10 +3,19 @@
 from mappa_envs.agents.served import (
     AgentReply,
     Endpoint,
+    MixedTeam,
     RoleStats,
     ServedTeam,
     parse_served,
     team_from_specs,
 )
 
-__all__ = ["AgentReply", "Endpoint", "RoleStats", "ServedTeam", "parse_served", "team_from_specs"]
+__all__ = [
+    "AgentReply",
+    "Endpoint",
+    "RoleStats",
+    "ServedTeam",
+    "MixedTeam",
+    "parse_served",
+    "team_from_specs",
+]

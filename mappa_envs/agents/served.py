@@ -167,6 +167,20 @@ class ServedTeam:
     def serves(self, role: str) -> bool:
         return role in self.endpoints or ALL_ROLES in self.endpoints
 
+    def check_roles(self, roles: Sequence[str], *, others: bool) -> None:
+        """Fail early, naming the fix, when the map names a role the env lacks, or leaves roles with no player."""
+        unknown = sorted(r for r in self.endpoints if r != ALL_ROLES and r not in roles)
+        if unknown:
+            raise ValueError(
+                f"--served names roles {unknown} that this env does not have; its roles: {list(roles)}"
+            )
+        missing = [r for r in roles if not self.serves(r)]
+        if missing and not others:
+            raise ValueError(
+                f"roles {missing} have no served model and no other player; map them with --served ROLE=URL@MODEL "
+                "(or '*=URL@MODEL'), or let a scripted or trained team play them (--others scripted|model)"
+            )
+
     def __call__(self, agent: str, messages: list[Message]) -> AgentReply:
         return self.generate(agent, [messages])[0]
 
@@ -318,6 +332,18 @@ class ServedTeam:
 
 TEAM_KEYS = {"concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s"}
 ENDPOINT_KEYS = {"model", "base_url", "temperature", "max_tokens", "top_p", "api_key_env", "extra_body"}
+
+
+class MixedTeam:
+    """A callable team: served roles from ``served``, the others from ``rest`` (a callable team, or None)."""
+
+    def __init__(self, served: ServedTeam, rest: Any, roles: Sequence[str]) -> None:
+        served.check_roles(roles, others=rest is not None)
+        self.served = served
+        self.rest = rest
+
+    def __call__(self, agent: str, messages: list[Message]) -> str:
+        return self.served(agent, messages) if self.served.serves(agent) else self.rest(agent, messages)
 
 
 def parse_served(spec: str) -> tuple[str, Endpoint]:
