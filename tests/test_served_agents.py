@@ -48,6 +48,16 @@ def test_reply_and_token_usage_are_counted_per_role() -> None:
     assert "coder" in t.usage_table() and "fake-agent" in t.usage_table()
 
 
+def test_tool_turns_go_out_as_user_messages() -> None:
+    with FakeOpenAIServer(replies=[Reply(text="42")]) as srv:
+        team(srv.base_url)(
+            "coder", [*MSGS, {"role": "assistant", "content": CODE}, {"role": "tool", "content": "42"}]
+        )
+        sent = srv.chat_requests()[0].messages
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[-1]["content"] == "Output of your code:\n42"
+
+
 def test_a_500_is_retried_then_the_reply_arrives() -> None:
     with FakeOpenAIServer(replies=[Reply(status=500, error="overloaded"), Reply(text="ok")]) as srv:
         t = team(srv.base_url)

@@ -76,6 +76,7 @@ def test_eval_a_fully_served_team_logs_metrics_usage_and_transcripts(
     assert peak == 3  # the lockstep batch of one role went out concurrently
     episodes = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
     assert len(episodes) == 3 and "served coder was here" in json.dumps(episodes)
+    assert all(a["agent_error"] is None for e in episodes for a in e["actions"])
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["eval/served/coder/turns"] >= 3
 
@@ -93,3 +94,18 @@ def test_eval_served_rejects_a_checkpoint_with_no_trained_role(capsys: pytest.Ca
     ]
     assert main(argv) == 2
     assert "no role of this team is trained" in capsys.readouterr().err
+
+
+def test_eval_with_a_dead_served_role_counts_and_records_the_failures(tmp_path: Path, capsys) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    argv = ["eval", "--team", "served", "--served", f"solver={dead}@m", "--others", "scripted", "--log"]
+    assert main([*argv, f"out_dir={tmp_path}", "progress=false", "eval_episodes=2", "parallel_envs=2"]) == 0
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["eval/episodes"] == 2 and metrics["eval/served/solver/failed_turns"] == 2
+    episodes = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
+    solver = [a for e in episodes for a in e["actions"] if a["role"] == "solver"]
+    assert len(solver) == 2 and all(
+        a["action"] == "" and "connection error" in a["agent_error"] for a in solver
+    )
+    others = [a for e in episodes for a in e["actions"] if a["role"] != "solver"]
+    assert others and all(a["agent_error"] is None for a in others)  # the episode carried on

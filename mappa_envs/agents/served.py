@@ -35,6 +35,22 @@ ALL_ROLES = "*"
 """Key of a team map that applies to every role without an entry of its own."""
 
 
+TOOL_PREFIX = "Output of your code:\n"  # what the in-process policy writes before tool output, too
+
+
+def to_chat_api(messages: Sequence[Message]) -> list[Message]:
+    """The observation as the chat API takes it: a ``tool`` message must answer an assistant ``tool_calls``
+    entry there (llama.cpp server answers HTTP 500, OpenAI 400), and the agent made none, so code output becomes a
+    ``user`` message that says what it is, as the in-process policy renders it."""
+    out: list[Message] = []
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "tool":
+            role, content = "user", TOOL_PREFIX + content
+        out.append({"role": role, "content": content})
+    return out
+
+
 class AgentReply(str):
     """An agent's reply text that also carries why it is empty (``agent_error``) and what it cost.
 
@@ -284,7 +300,7 @@ class ServedTeam:
         assert self._semaphore is not None
         kwargs: dict[str, Any] = {
             "model": endpoint.model,
-            "messages": messages,
+            "messages": to_chat_api(messages),
             "temperature": endpoint.temperature,
             self._max_tokens_param.get(endpoint.base_url, "max_tokens"): endpoint.max_tokens,
             "timeout": self.timeout_s,
