@@ -19,15 +19,15 @@ import asyncio
 import json
 import logging
 import os
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mappa_envs.coach.base import LoopThread
 from mappa_envs.coach.openai_coach import _classify_status, _Fatal, _Rejected, _short, _Transient
 from mappa_envs.records import Message
+from mappa_envs.request_limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +151,13 @@ class ServedTeam:
     ) -> None:
         if not endpoints:
             raise ValueError("a served team needs at least one role: map role -> Endpoint")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.limits = RequestLimits(
+            concurrency, float(timeout_s), max_retries, float(backoff_s), float(max_backoff_s)
+        )
         self.endpoints = dict(endpoints)
         self.concurrency = concurrency
         self.timeout_s = float(timeout_s)
         self.max_retries = max_retries
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
         self.stats: dict[str, RoleStats] = {}
         self._runner = LoopThread("mappa-served")
         self._clients: dict[tuple[str, str], Any] = {}
@@ -235,7 +230,7 @@ class ServedTeam:
                 if attempts > self.max_retries:
                     break
                 stats.retries += 1
-                await asyncio.sleep(self._backoff(attempts))
+                await asyncio.sleep(self.limits.backoff(attempts))
                 continue
             stats.prompt_tokens += reply.prompt_tokens
             stats.completion_tokens += reply.completion_tokens
@@ -270,10 +265,6 @@ class ServedTeam:
         self._clients.clear()
 
     # ----------------------------------------------------------------------------------------------- HTTP
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return delay * (0.75 + 0.5 * random.random())
 
     def _client(self, endpoint: Endpoint) -> Any:
         key = (endpoint.base_url, endpoint.api_key())
@@ -346,7 +337,7 @@ class ServedTeam:
 
 # ------------------------------------------------------------------------------------------------- team maps
 
-TEAM_KEYS = {"concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s"}
+TEAM_KEYS = {f.name for f in fields(RequestLimits)}
 ENDPOINT_KEYS = {"model", "base_url", "temperature", "max_tokens", "top_p", "api_key_env", "extra_body"}
 
 
