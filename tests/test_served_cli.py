@@ -109,3 +109,25 @@ def test_eval_with_a_dead_served_role_counts_and_records_the_failures(tmp_path: 
     )
     others = [a for e in episodes for a in e["actions"] if a["role"] != "solver"]
     assert others and all(a["agent_error"] is None for a in others)  # the episode carried on
+
+
+def test_eval_one_served_role_with_the_trained_team_playing_the_others(tmp_path: Path, capsys) -> None:
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    with FakeOpenAIServer(replies=[Reply(text=CODE)]) as srv:
+        argv = [
+            "eval",
+            "--team",
+            "served",
+            "--served",
+            f"coder={srv.base_url}@fake-agent",
+            "--others",
+            "model",
+        ]
+        assert (
+            main([*argv, "--config", tiny, f"out_dir={tmp_path}", "progress=false", "eval_episodes=2"]) == 0
+        )
+        served_turns = len(srv.chat_requests())
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert metrics["eval/episodes"] == 2 and metrics["eval/served/coder/turns"] == served_turns >= 2
+    assert "eval/served/solver/turns" not in metrics  # the tiny model played the solver and the verifier
