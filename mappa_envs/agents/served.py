@@ -289,8 +289,6 @@ class ServedTeam:
 
         client = self._client(endpoint)
         assert self._semaphore is not None
-        from openai.types.chat import ChatCompletion
-
         body: dict[str, Any] = {
             **endpoint.extra_body,
             "model": endpoint.model,
@@ -300,16 +298,17 @@ class ServedTeam:
         }
         if endpoint.top_p is not None:
             body["top_p"] = endpoint.top_p
-        # The client's documented raw route (``client.post``) sends this JSON body as is: ``chat.completions.create``
-        # first walks the messages through its TypedDict transform, about a third of the client's CPU per request,
-        # which at concurrency 16 is what separates the wall time from the ideal (bench/served.py).
+        # The client's documented raw route (``client.post``) sends this JSON body as is and hands back the JSON:
+        # ``chat.completions.create`` walks the messages through its TypedDict transform and builds pydantic models
+        # of the reply, a third of the client's CPU per request, which at concurrency 16 is what separates the wall
+        # time from the ideal (bench/served.py).
         async with self._semaphore:
             stats.calls += 1
             try:
                 request = client.post(
                     "/chat/completions",
                     body=body,
-                    cast_to=ChatCompletion,
+                    cast_to=dict,
                     options={"timeout": self.timeout_s},
                 )
                 # The client has its own timeout; wait_for also bounds a server that trickles bytes forever.
@@ -327,21 +326,26 @@ class ServedTeam:
             except (openai.OpenAIError, ValueError) as e:  # unreadable body
                 stats.errors += 1
                 raise _Transient(f"{type(e).__name__}: {_short(str(e))}") from None
-        try:
-            choice = resp.choices[0]
-            text = choice.message.content
-        except (AttributeError, IndexError, TypeError):
-            text = None
-        if not isinstance(text, str):
-            stats.errors += 1
-            raise _Transient(f"malformed reply (no message content): {_short(repr(resp))}")
-        usage = getattr(resp, "usage", None)
-        return AgentReply(
-            text,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            truncated=getattr(choice, "finish_reason", None) == "length",
-        )
+        return _read_completion(resp, stats)
+
+
+def _read_completion(body: Any, stats: RoleStats) -> AgentReply:
+    """The reply of a chat-completion JSON body, or _Transient for a body without a message."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        choice, text = {}, None
+    if not isinstance(text, str):
+        stats.errors += 1
+        raise _Transient(f"malformed reply (no message content): {_short(repr(body))}")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    return AgentReply(
+        text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        truncated=choice.get("finish_reason") == "length",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- team maps
