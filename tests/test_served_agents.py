@@ -85,6 +85,27 @@ def test_a_client_error_is_not_retried() -> None:
     assert sent == 1 and "HTTP 404" in reply.agent_error and "not found" in reply.agent_error
 
 
+def test_switches_to_max_completion_tokens_when_the_server_asks() -> None:
+    def reply(body: dict, index: int) -> Reply:
+        if "max_tokens" in body:
+            return Reply(
+                status=400, error="Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens'."
+            )
+        return Reply(text="ok")
+
+    with FakeOpenAIServer(behaviour=reply) as srv:
+        t = team(srv.base_url, max_retries=0)
+        first, second = t("coder", MSGS), t("coder", MSGS)
+        bodies = [r.body for r in srv.chat_requests()]
+    assert first == second == "ok" and first.agent_error is None
+    assert [("max_tokens" in b, b.get("max_completion_tokens")) for b in bodies] == [
+        (True, None),
+        (False, 64),
+        (False, 64),
+    ]
+    assert t.stats["coder"].retries == 0  # a parameter switch is not a retry
+
+
 def test_a_hanging_server_times_out_within_the_bound() -> None:
     with FakeOpenAIServer(replies=[Reply(text="late", delay_s=30)]) as srv:
         t = team(srv.base_url, timeout_s=0.5, max_retries=1)
