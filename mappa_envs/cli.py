@@ -25,6 +25,8 @@ def _format_record(r: ActionRecord, title: str) -> str:
     if r.tool_results:
         lines.append("   ┄ tool output ┄")
         lines.append(r.tool_output_text(limit=1500))
+    if r.agent_error:
+        lines.append(f"   ⚠ agent error (empty reply): {r.agent_error}")
     written = r.files_written()
     if written:
         lines.append("   files written: " + ", ".join(f"{f.name} ({f.size} B)" for f in written))
@@ -52,6 +54,30 @@ TEAMS: dict[str, Callable[[argparse.Namespace, Any], Any]] = {
 TEAM_ENVS: dict[str, Callable[[argparse.Namespace], Any]] = {}
 
 
+def served_team(args: argparse.Namespace, env: Any) -> Any:
+    """``--team served``: the roles in ``--served`` answer from their servers, the others play as ``--others``."""
+    from mappa_envs.agents import MixedTeam, team_from_specs
+
+    if not args.served:
+        raise SystemExit(
+            "--team served needs --served ROLE=URL@MODEL ('*' for every role) or a .yaml/.json team map"
+        )
+    if args.others not in TEAMS or args.others == "served":
+        raise SystemExit(
+            f"--others {args.others!r}: choose one of {', '.join(sorted(set(TEAMS) - {'served'}))}"
+        )
+    try:
+        served = team_from_specs(args.served)
+        roles = list(env.unwrapped.possible_agents)
+        rest = None if all(served.serves(r) for r in roles) else TEAMS[args.others](args, env)
+        return MixedTeam(served, rest, roles)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise SystemExit(str(e)) from None
+
+
+TEAMS["served"] = served_team
+
+
 def cmd_play(args: argparse.Namespace) -> int:
     if args.team not in TEAMS:
         print(f"unknown team {args.team!r}; available: {', '.join(sorted(TEAMS))}", file=sys.stderr)
@@ -74,7 +100,28 @@ def cmd_play(args: argparse.Namespace) -> int:
     finally:
         env.close()
     print(f"\n{successes}/{args.episodes} episodes succeeded")
+    served = getattr(team, "served", None)
+    if served is not None:
+        print("\nserved agents:\n" + served.usage_table())
+        served.close()
     return 0
+
+
+def add_served_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--served",
+        action="append",
+        default=[],
+        metavar="ROLE=URL@MODEL",
+        help="with --team served: a role played by a model behind an OpenAI-compatible server, e.g. "
+        "coder=http://127.0.0.1:8080/v1@smollm2 ('*' for every role; repeatable), or a .yaml/.json team map "
+        "(docs/SERVING.md)",
+    )
+    p.add_argument(
+        "--others",
+        default="scripted",
+        help="with --team served: who plays the roles --served leaves out: 'scripted' or 'model' (trained)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,13 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--team",
         default="scripted",
-        help="who plays: 'scripted' (a hand-written team) or, with mappa_train installed, 'model' (see --config)",
+        help="who plays: 'scripted' (a hand-written team), 'served' (models behind OpenAI-compatible servers, see "
+        "--served) or, with mappa_train installed, 'model' (see --config)",
     )
     p.add_argument("--episodes", type=int, default=1, help="how many episodes to play (default: 1)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the first episode; episode i uses seed+i (default: 0)"
     )
     p.add_argument("--tasks", default=None, help="task source: embedded:train, embedded:eval, or a path")
+    add_served_arguments(p)
     p.set_defaults(func=cmd_play)
     return parser
 

@@ -183,6 +183,8 @@ class PipelineEnv(AECEnv):
                 f"{type(action).__name__}; decode model output to text before calling step()"
             )
         self._cumulative_rewards[agent] = 0.0
+        agent_error = getattr(action, "agent_error", None)  # an AgentReply from a served agent that failed
+        action = str(action)  # receipts hold plain data
         role = self._roles[agent]
         slot = self.spec.schedule[self._slot]
         observation = self._messages_for(agent)
@@ -210,10 +212,13 @@ class PipelineEnv(AECEnv):
             files_after=files_after,
             action_clipped=clipped,
             ends_turn=not continues,
+            agent_error=agent_error,
         )
         self.records.append(record)
         self._clear_rewards()
         self.infos[agent] = {"task_id": record.task_id, "episode_id": self.episode_id, "record": record}
+        if agent_error is not None:
+            self.infos[agent]["agent_error"] = agent_error
         if self.render_mode is not None:
             self._render_record(record)
         if continues:

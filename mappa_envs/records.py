@@ -100,6 +100,9 @@ class ActionRecord:
     ends_turn: bool = True
     outcome: dict[str, Any] | None = None
     judgement: Judgement | None = None
+    agent_error: str | None = (
+        None  # why the agent's reply is empty (a served model that failed), never silent
+    )
 
     @property
     def ran_code(self) -> bool:

@@ -140,7 +140,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     checkpoint = find_checkpoint(args.checkpoint) if args.checkpoint else None
     config = _config(args, checkpoint)
-    trainer = Trainer(config)
+    policy = None
+    if args.team == "served":
+        from mappa_train.served import served_policy
+
+        try:
+            policy = served_policy(args, config)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(str(e), file=sys.stderr)
+            return 2
+    elif args.team != "model":
+        print(f"unknown team {args.team!r} for eval; choose 'model' or 'served'", file=sys.stderr)
+        return 2
+    trainer = Trainer(config, policy=policy)
+    if checkpoint is not None and policy is not None and policy._rest_policy is None:
+        print(
+            "a checkpoint holds trained adapters, but no role of this team is trained: drop --checkpoint or "
+            "let the trained team play the unserved roles (--others model)",
+            file=sys.stderr,
+        )
+        trainer.close()
+        return 2
     if checkpoint is not None:
         trainer.resume(checkpoint)
         print(f"team from {checkpoint}", file=sys.stderr)
@@ -157,8 +177,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     try:
         metrics, episodes = trainer.evaluate()
+        if policy is not None:
+            metrics.update(policy.metrics("eval"))
     finally:
         trainer.close()
+        if policy is not None:
+            policy.served.close()
     if args.log:  # as the trainer logs its own evaluations: the report reads them like any other
         logger = RunLogger(run, tensorboard=False, keep=True)
         logger.log(trainer.step, {**metrics, "episodes_seen": trainer.episodes_seen})
@@ -166,6 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         logger.close()
         print(f"logged to {run}/metrics.jsonl and transcripts.jsonl at step {trainer.step}")
     print(json.dumps(metrics, indent=2))
+    if policy is not None:
+        print("\nserved agents:\n" + policy.served.usage_table())
     return 0
 
 
@@ -299,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config file; with --checkpoint only its keys that do not define the team are used "
         "(e.g. out_dir for --log, eval_episodes)",
     )
+    p.add_argument(
+        "--team",
+        default="model",
+        help="'model' (the config's model and --checkpoint) or 'served' (roles played by model servers: --served)",
+    )
+    env_cli.add_served_arguments(p)
     p.add_argument(
         "--checkpoint",
         help="a run folder (its latest checkpoint) or a checkpoints/step-N folder; default: the untrained team",

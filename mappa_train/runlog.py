@@ -89,6 +89,7 @@ class RunLogger:
                         "silent": r.ran_silently,
                         "reward": reward,
                         "judgement": None if r.judgement is None else r.judgement.__dict__,
+                        "agent_error": r.agent_error,  # a served turn that failed (empty action)
                     }
                     for r, reward in zip(ep.records, ep.rewards, strict=True)
                 ],

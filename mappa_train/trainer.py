@@ -164,11 +164,11 @@ class Trainer:
         self.eval_tasks = load_tasks(config, config.eval_tasks)
         torch.manual_seed(config.seed)
         self.policy = policy if policy is not None else build_policy(config, self.roles)
-        self.optimizers = {
-            role: torch.optim.AdamW(
-                self.policy.trainable_parameters(role), lr=config.lr, weight_decay=config.weight_decay
-            )
-            for role in self.roles
+        params = {role: list(self.policy.trainable_parameters(role)) for role in self.roles}
+        self.optimizers = {  # a role without parameters (served, scripted) is played, not trained
+            role: torch.optim.AdamW(p, lr=config.lr, weight_decay=config.weight_decay)
+            for role, p in params.items()
+            if p
         }
         self.step = 0
         self.episodes_seen = 0
