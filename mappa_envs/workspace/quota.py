@@ -24,6 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from mappa_envs.workspace import hostio
+
 MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
 SOURCE = "mappa-quota"
@@ -138,10 +140,7 @@ def remove_dir(path: Path, keep: bool = False) -> None:
         return
     if keep:  # copy out of RAM before the tmpfs goes away, then put it back at the same path
         saved = Path(tempfile.mkdtemp(prefix=path.name + "-keep-", dir=path.parent))
-        try:
-            shutil.copytree(path, saved, symlinks=True, dirs_exist_ok=True)
-        except shutil.Error:
-            pass  # sockets, fifos: not files to keep
+        hostio.copy_tree(path, saved)  # bounded; links, sockets, FIFOs are not files to keep
         unmount(path)
         shutil.rmtree(path, ignore_errors=True)
         saved.rename(path)
