@@ -30,12 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mappa_envs.grading import isolated
 from mappa_envs.tabular.meta import TabularMeta
 from mappa_envs.tabular.metrics import Metric, get_metric
 from mappa_envs.tasks import TaskError
 from mappa_envs.workspace import hostio
 
 MAX_SUBMISSION_BYTES = 256 * 1024**2
+TIMEOUT_S = 60.0
+"""Wall time one tabular grade may take in the grader process."""
 NA_TOKENS = frozenset({"", "nan", "-nan", "na", "n/a", "null", "none", "<na>", "nat"})
 _INT_ID = re.compile(r"^[+-]?\d+$")
 _INTEGRAL = re.compile(r"^[+-]?\d+(\.0*)?$")
@@ -49,14 +52,41 @@ class _Invalid(Exception):
 # ---------------------------------------------------------------------------------------------- public API
 
 
-def score_submission(meta: TabularMeta | Mapping[str, Any], answers_csv: Path, submission_csv: Path) -> dict:
+def score_submission(
+    meta: TabularMeta | Mapping[str, Any],
+    answers_csv: Path,
+    submission_csv: Path,
+    timeout_s: float = TIMEOUT_S,
+) -> dict:
     """Grade one submission. Never raises on a bad submission; raises TaskError on a broken task/answers file.
 
     Returns ``{valid, success, metric, score, relative, reward, reason, baseline, best, higher_is_better,
     task_id}`` where ``success == valid``, ``reward == relative`` (0.0 when invalid), ``score`` is the raw metric
     (None when invalid) and ``relative = clip((score - baseline) / (best - baseline), 0, 1)`` — the same formula
     serves both directions because ``best - baseline`` carries the sign.
+
+    The grade runs in the isolated grader process (:mod:`mappa_envs.grading.isolated`) under a wall-time limit
+    of ``timeout_s``; a grade that times out or crashes the grader is an invalid submission saying so.
     """
+    TabularMeta.from_mapping(meta, where="task meta")  # a broken meta is the caller's error, raised here
+    try:
+        return isolated.run(
+            "mappa_envs.tabular.scoring:_score_direct",
+            meta,
+            Path(answers_csv),
+            Path(submission_csv),
+            timeout_s=timeout_s,
+        )
+    except isolated.RemoteError as e:
+        if e.kind == "TaskError":
+            raise TaskError(str(e)) from None
+        return invalid_outcome(meta, f"the grader failed on this submission ({e.kind}: {e})")
+    except (isolated.GraderTimeout, isolated.GraderFailed) as e:
+        return invalid_outcome(meta, str(e))
+
+
+def _score_direct(meta: TabularMeta | Mapping[str, Any], answers_csv: Path, submission_csv: Path) -> dict:
+    """:func:`score_submission` in this process (what the grader worker runs)."""
     m = TabularMeta.from_mapping(meta, where="task meta")
     metric = get_metric(m.metric)
     answers = _load_answers(Path(answers_csv), m, metric)
