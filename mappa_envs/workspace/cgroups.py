@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from mappa_envs.workspace import mountinfo
+
 CONTROLLERS = ("pids", "memory")
 
 
@@ -34,17 +36,11 @@ class Hierarchy:
 
 def _mounts() -> list[tuple[str, str, str, str]]:
     """``(fstype, mount point, root inside the fs, super options)`` of every cgroup mount."""
-    out = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
-            out.append((rfields[0], fields[4], fields[3], rfields[2]))
-    return out
+    return [
+        (m.fstype, m.mount_point, m.root, m.super_options)
+        for m in mountinfo.mounts()
+        if m.fstype in ("cgroup", "cgroup2")
+    ]
 
 
 def _own_paths() -> dict[str, str]:

@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from mappa_envs.workspace import hostio
+from mappa_envs.workspace import hostio, mountinfo
 
 MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
@@ -72,17 +72,11 @@ def _release_all() -> None:
 def stale_mounts() -> list[Path]:
     """Our caps whose owner process is gone (it crashed before unmounting)."""
     out = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(rfields) >= 2 and rfields[0] == "tmpfs" and rfields[1].startswith(SOURCE + "-"):
-            pid = rfields[1][len(SOURCE) + 1 :]
+    for m in mountinfo.mounts():
+        if m.fstype == "tmpfs" and m.source.startswith(SOURCE + "-"):
+            pid = m.source[len(SOURCE) + 1 :]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                out.append(Path(fields[4].replace("\\040", " ")))
+                out.append(Path(m.mount_point))
     return out
 
 
