@@ -21,7 +21,8 @@ from mappa_envs.workspace.sandbox import probe_bwrap
 
 BWRAP = probe_bwrap()
 pytestmark = pytest.mark.skipif(
-    not BWRAP.ok and not os.environ.get("MAPPA_REQUIRE_SANDBOX"), reason=f"bubblewrap unavailable: {BWRAP.error}"
+    not BWRAP.ok and not os.environ.get("MAPPA_REQUIRE_SANDBOX"),
+    reason=f"bubblewrap unavailable: {BWRAP.error}",
 )
 
 SECRET = "sk-redteam-0123456789abcdef"
@@ -98,7 +99,10 @@ def test_submission_linked_to_proc_environ_leaks_no_secret(env):
         ),
         ("import os\nos.link('sample_submission.csv', 'submission.csv')", "hard link"),
         ("with open('submission.csv', 'wb') as f:\n    f.truncate(2 * 1024**3 - 1)", "limit"),  # sparse
-        ("with open('submission.csv', 'w') as f:\n    f.write('id,species\\n' + '1,x\\n' * 25_000_000)", "limit"),
+        (
+            "with open('submission.csv', 'w') as f:\n    f.write('id,species\\n' + '1,x\\n' * 25_000_000)",
+            "limit",
+        ),
     ],
     ids=["fifo", "socket", "hardlink", "sparse-2GiB", "100MB"],
 )

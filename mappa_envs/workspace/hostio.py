@@ -36,7 +36,6 @@ MAX_DEPTH = 32
 WALK_SECONDS = 2.0
 """Wall time a walk may take before it stops."""
 SKIP_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints"})
-_DEEP = "stopped at the depth limit"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -181,70 +180,65 @@ def walk(
     seconds: float = WALK_SECONDS,
     skip_dirs: frozenset[str] = SKIP_DIRS,
 ) -> Walk:
-    """Every entry under ``root`` without following links, sorted per folder, bounded in count, depth and time."""
+    """Every entry under ``root`` without following links, bounded in count, depth and time.
+
+    Breadth first, sorted per folder: when a bound stops the walk, what was seen is the shallowest part of the
+    tree, so a folder of a million files cannot crowd out the task's own top-level files."""
     out = Walk()
     deadline = time.monotonic() + seconds
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return out
-    try:
-        _walk_dir(fd, "", 0, out, max_entries, max_depth, deadline, skip_dirs)
-    finally:
-        os.close(fd)
+    level: list[str] = [""]
+    for depth in range(max_depth + 1):
+        if not level:
+            return out
+        if depth == max_depth:
+            out.stopped = "stopped at the depth limit"
+            return out
+        below: list[str] = []
+        for prefix in level:
+            if len(out.entries) >= max_entries:
+                out.stopped = f"stopped after {max_entries} entries"
+                return out
+            if time.monotonic() > deadline:
+                out.stopped = "stopped: the walk ran out of time"
+                return out
+            try:
+                fd = _open_dir(Path(root), prefix.split("/")[:-1] if prefix else [], prefix or ".")
+            except (OSError, Refused):
+                continue
+            try:
+                found = _scan(fd, max_entries - len(out.entries))
+            finally:
+                os.close(fd)
+            for name, st in found:
+                rel = prefix + name
+                if stat.S_ISDIR(st.st_mode):
+                    if name in skip_dirs:
+                        continue
+                    out.entries.append(Entry(rel, "dir", 0))
+                    below.append(rel + "/")
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    out.entries.append(Entry(rel, "file", st.st_size))
+                else:
+                    out.entries.append(Entry(rel, "other", 0))
+            if len(out.entries) >= max_entries:
+                out.stopped = f"stopped after {max_entries} entries"
+                return out
+        level = below
     return out
 
 
-def _walk_dir(
-    fd: int,
-    prefix: str,
-    depth: int,
-    out: Walk,
-    max_entries: int,
-    max_depth: int,
-    deadline: float,
-    skip_dirs: frozenset[str],
-) -> None:
+def _scan(fd: int, room: int) -> list[tuple[str, os.stat_result]]:
+    """Up to ``room`` entries of the open folder ``fd`` (with their own, not their targets', stat), sorted."""
     names: list[tuple[str, os.stat_result]] = []
     with os.scandir(fd) as it:
         for e in it:
-            if len(out.entries) + len(names) >= max_entries:
+            if len(names) >= room:
                 break
             try:
                 names.append((e.name, e.stat(follow_symlinks=False)))
             except OSError:
                 continue
-    for name, st in sorted(names, key=lambda x: x[0]):
-        if out.stopped is not None and out.stopped != _DEEP:
-            return
-        if len(out.entries) >= max_entries:
-            out.stopped = f"stopped after {max_entries} entries"
-            return
-        if time.monotonic() > deadline:
-            out.stopped = "stopped: the walk ran out of time"
-            return
-        rel = prefix + name
-        if stat.S_ISDIR(st.st_mode):
-            if name in skip_dirs:
-                continue
-            out.entries.append(Entry(rel, "dir", 0))
-            if depth + 1 >= max_depth:
-                out.stopped = out.stopped or _DEEP
-                continue
-            try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:
-                continue
-            try:
-                _walk_dir(sub, rel + "/", depth + 1, out, max_entries, max_depth, deadline, skip_dirs)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            out.entries.append(Entry(rel, "file", st.st_size))
-        else:
-            out.entries.append(Entry(rel, "other", 0))
-    if len(out.entries) >= max_entries and out.stopped in (None, _DEEP):
-        out.stopped = f"stopped after {max_entries} entries"
+    return sorted(names, key=lambda x: x[0])
 
 
 def files(root: Path, limit: int, **kw) -> Iterator[Entry]:
