@@ -216,6 +216,24 @@ def worker() -> Worker:
         return _WORKER
 
 
+def warm() -> None:
+    """Start the shared worker in the background (an env calls this at reset, so the first grade does not wait
+    for the worker's imports); a no-op when it runs or graders run in-process."""
+    if _direct:
+        return
+    w = worker()
+    if w._proc is None or w._proc.poll() is not None:
+
+        def start() -> None:
+            with w._lock:
+                try:
+                    w.start()
+                except GraderFailed:
+                    pass  # the next call retries and reports it
+
+        threading.Thread(target=start, name="mappa-grader-warm", daemon=True).start()
+
+
 def run(ref: str, *args: Any, timeout_s: float, **kwargs: Any) -> Any:
     """``ref(*args, **kwargs)`` isolated in the shared worker (in-process under :func:`set_direct`)."""
     if _direct:
