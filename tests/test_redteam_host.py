@@ -228,6 +228,17 @@ def test_a_grade_past_its_wall_time_is_killed_and_labelled():
     assert isolated.run("math:sqrt", 16.0, timeout_s=30) == 4.0  # a fresh worker answers the next call
 
 
+@pytest.mark.skipif(isolated.WORKERS < 2, reason="one grader worker configured")
+def test_a_slow_grade_does_not_hold_up_the_next_one():
+    slow = threading.Thread(target=lambda: isolated.run("time:sleep", 12, timeout_s=30), daemon=True)
+    slow.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert isolated.run("math:sqrt", 4.0, timeout_s=30) == 2.0  # served by another worker
+    assert time.monotonic() - start < 10
+    slow.join(timeout=30)
+
+
 def test_a_grade_past_its_memory_limit_fails_cleanly():
     with pytest.raises(isolated.RemoteError) as e:
         isolated.run("builtins:bytearray", 64 * 1024**3, timeout_s=30)

@@ -7,8 +7,8 @@ training run. In a worker, the env waits at most ``timeout_s``, then kills the w
 next call) and the grade is a failed outcome labelled ``"grader timed out after Ns"`` — never a hang.
 
 Why persistent: importing pandas, sympy and math_verify costs ~1.5 s per fresh interpreter, far more than a grade.
-One worker per env process serves every episode (calls are serialised; the clock of a call starts when the worker
-has it). Requests go to the worker pickled (we wrote them); answers come back as JSON (the worker parsed hostile
+A few workers per env process (:data:`WORKERS`) serve every episode: a call goes to an idle one, and its clock
+starts when the worker has it. Requests go to the worker pickled (we wrote them); answers come back as JSON (the worker parsed hostile
 input, so nothing it returns is unpickled). ``MAPPA_GRADER=direct`` (or :func:`set_direct`) runs graders in-process
 instead — the old code path, for benchmarks and debugging only.
 """
@@ -200,20 +200,35 @@ def _read_exact(fd: int, n: int, deadline: float) -> bytes:
     return bytes(buf)
 
 
-_WORKER: Worker | None = None
+WORKERS = max(1, int(os.environ.get("MAPPA_GRADER_WORKERS", "2")))
+"""Grader processes per env process (each started on first use): one slow grade (up to its timeout) does not hold
+up the other episodes' grades while another worker is free."""
+_WORKERS: list[Worker] = []
 _WORKER_LOCK = threading.Lock()
+_next = 0
+
+
+def _pool() -> list[Worker]:
+    with _WORKER_LOCK:
+        if not _WORKERS:
+            import atexit
+
+            _WORKERS.extend(Worker() for _ in range(WORKERS))
+            for w in _WORKERS:
+                atexit.register(w.stop)
+        return _WORKERS
 
 
 def worker() -> Worker:
-    """The process's shared grader worker (started on first use)."""
-    global _WORKER
+    """A grader worker for the next call: an idle one if there is one, else the next in turn."""
+    global _next
+    pool = _pool()
+    for w in pool:
+        if not w._lock.locked():
+            return w
     with _WORKER_LOCK:
-        if _WORKER is None:
-            import atexit
-
-            _WORKER = Worker()
-            atexit.register(_WORKER.stop)
-        return _WORKER
+        _next = (_next + 1) % len(pool)
+        return pool[_next]
 
 
 def warm() -> None:
@@ -221,7 +236,7 @@ def warm() -> None:
     for the worker's imports); a no-op when it runs or graders run in-process."""
     if _direct:
         return
-    w = worker()
+    w = _pool()[0]
     if w._proc is None or w._proc.poll() is not None:
 
         def start() -> None:
