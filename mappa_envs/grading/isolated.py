@@ -284,7 +284,9 @@ def _serve() -> None:
             send({"ok": _resolve(ref)(*args, **kwargs)})
         except MemoryError:
             send({"kind": "MemoryError", "error": "the grader ran out of memory"})
-        except Exception as e:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # math_verify's TimeoutException derives from BaseException
             send({"kind": type(e).__name__, "error": " ".join(str(e).split())[:300]})
 
 
