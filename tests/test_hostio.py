@@ -152,3 +152,25 @@ def test_memory_budget_is_sized_from_the_machine_and_overridable(monkeypatch):
     finally:
         monkeypatch.delenv(budget.ENV_VAR)
         budget.total_bytes.cache_clear()
+
+
+def test_remove_tree_handles_deep_trees_and_never_follows_links(tmp_path):
+    keep = tmp_path / "outside"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("x")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    os.symlink(keep, victim / "link")
+    os.mkfifo(victim / "pipe")
+    fd = os.open(victim, os.O_RDONLY)
+    for _ in range(3000):  # deeper than PATH_MAX allows as one path, and than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    start = time.monotonic()
+    hostio.remove_tree(victim)
+    assert time.monotonic() - start < 20
+    assert not victim.exists() and (keep / "precious.txt").read_text() == "x"

@@ -166,6 +166,21 @@ def test_kept_workspace_with_traps_closes_quickly(tmp_path):
         e.close()
 
 
+def test_deep_tree_in_an_unsandboxed_workspace_is_removed_on_close(tmp_path):
+    """Without a tmpfs cap (no sandbox, or no mount permission) the folder is removed entry by entry."""
+    from mappa_envs.workspace import CellLimits, Workspace
+
+    ws = Workspace(root=tmp_path, limits=CellLimits(timeout_s=30), pool_size=0)
+    folder = ws.open("deep")
+    try:
+        assert ws.run(LEFTOVERS["deep-tree"]).ok
+        assert len(ws.files()) <= 200
+    finally:
+        start = time.monotonic()
+        ws.close()
+    assert time.monotonic() - start < 20 and not folder.exists()
+
+
 # ---------------------------------------------------------------------------------------------- the kernel
 def _rss_mib() -> float:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

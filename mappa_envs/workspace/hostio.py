@@ -354,3 +354,77 @@ def move_tree(src: Path, dst: Path, limits: CopyLimits = CopyLimits()) -> CopyRe
         report.bytes += copied.bytes
         report.skipped += copied.skipped
     return report
+
+
+# ------------------------------------------------------------------------------------------------ removing
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it; never raises, never follows links, needs no recursion.
+
+    ``shutil.rmtree`` recurses once per level (a 1,200-deep tree raises ``RecursionError`` even with
+    ``ignore_errors``) and holds a descriptor per level. Here every sub-folder's own folders are renamed up to
+    the top level before it is emptied, so the work is one pass over the entries with two descriptors open.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return
+    hoisted = 0
+    try:
+        while True:
+            progress = False
+            with os.scandir(top) as it:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            for name, is_dir in names:
+                if not is_dir:
+                    progress |= _unlink(name, top)
+                    continue
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=top)
+                except OSError:
+                    continue
+                try:
+                    with os.scandir(sub) as it:
+                        inner = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                    for child, child_is_dir in inner:
+                        if child_is_dir:
+                            hoisted += 1
+                            try:
+                                os.rename(child, f".mappa-rm-{hoisted}", src_dir_fd=sub, dst_dir_fd=top)
+                                progress = True
+                            except OSError:
+                                pass
+                        else:
+                            progress |= _unlink(child, sub)
+                finally:
+                    os.close(sub)
+                try:
+                    os.rmdir(name, dir_fd=top)
+                    progress = True
+                except OSError:
+                    pass
+            if not names or not progress:
+                break
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _unlink(name: str, dir_fd: int) -> bool:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False

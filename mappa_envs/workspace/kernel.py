@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from jupyter_client.manager import KernelManager
 
 from mappa_envs.records import ToolResult
 from mappa_envs.text import strip_ansi
+from mappa_envs.workspace import hostio
 from mappa_envs.workspace.procs import kill_tree, limits_preexec
 
 GiB = 1024**3
@@ -205,7 +205,7 @@ class Kernel:
                     release(self._runtime)
                 except Exception:
                     pass
-            shutil.rmtree(self._runtime, ignore_errors=True)
+            hostio.remove_tree(self._runtime)  # writable from inside a sandbox: bounded removal
             self._runtime = None
 
     def restart(self) -> None:

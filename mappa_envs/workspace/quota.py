@@ -19,7 +19,6 @@ import atexit
 import ctypes
 import functools
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -110,7 +109,7 @@ def can_mount() -> bool:
         unmount(d)
         return True
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        hostio.remove_tree(d)
 
 
 def capped_dir(parent: Path, prefix: str, size_bytes: int | None) -> tuple[Path, bool]:
@@ -130,14 +129,14 @@ def remove_dir(path: Path, keep: bool = False) -> None:
     """Remove a directory made by :func:`capped_dir`; with ``keep`` its contents stay on disk at the same path."""
     if not is_mount(path):
         if not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            hostio.remove_tree(path)
         return
     if keep:  # copy out of RAM before the tmpfs goes away, then put it back at the same path
         saved = Path(tempfile.mkdtemp(prefix=path.name + "-keep-", dir=path.parent))
         hostio.copy_tree(path, saved)  # bounded; links, sockets, FIFOs are not files to keep
         unmount(path)
-        shutil.rmtree(path, ignore_errors=True)
+        hostio.remove_tree(path)
         saved.rename(path)
         return
     unmount(path)
-    shutil.rmtree(path, ignore_errors=True)
+    hostio.remove_tree(path)

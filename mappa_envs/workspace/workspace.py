@@ -103,7 +103,7 @@ class Workspace:
         if remove is not None:
             remove(path, keep=keep)
         elif not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            hostio.remove_tree(path)  # bounded whatever the agent left (a 1,200-deep tree)
 
     @property
     def kernel(self) -> Kernel:
