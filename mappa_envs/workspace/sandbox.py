@@ -322,7 +322,11 @@ class BwrapSandbox:
     interrupt_by_message = True
 
     def __init__(self, policy: Policy = Policy(), bwrap: str | None = None, level: str = "auto") -> None:
-        budget.check(policy.memory_bytes, "the sandbox (Policy.memory_bytes, 2 x cell_memory_gb by default)")
+        budget.check(
+            policy.memory_bytes
+            and policy.memory_bytes + policy.disk_bytes + 2 * policy.tmp_bytes + policy.runtime_bytes,
+            "one sandbox (memory: 2 x cell_memory_gb by default, plus its tmpfs caps: disk, /tmp, /dev/shm, IPC)",
+        )
         probe = probe_bwrap(bwrap)
         if not probe.ok:
             raise SandboxUnavailable(f"bubblewrap cannot run: {probe.error}; {INSTALL_HINT}")
@@ -506,7 +510,10 @@ class FallbackSandbox:
     interrupt_by_message = True
 
     def __init__(self, policy: Policy = Policy(), reason: str = "") -> None:
-        budget.check(policy.memory_bytes, "the sandbox (Policy.memory_bytes, 2 x cell_memory_gb by default)")
+        budget.check(
+            policy.memory_bytes and policy.memory_bytes + policy.disk_bytes,
+            "one sandbox (memory: 2 x cell_memory_gb by default, plus its disk cap)",
+        )
         self.policy = policy
         self.reason = reason
         self.unshare = _unshare_args()
