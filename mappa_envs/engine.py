@@ -18,6 +18,7 @@ import numpy as np
 from pettingzoo import AECEnv
 
 from mappa_envs.context import build_messages
+from mappa_envs.grading import isolated
 from mappa_envs.pipeline import PipelineSpec, Role
 from mappa_envs.records import ActionRecord, Message, ToolResult, trim
 from mappa_envs.spaces import AgentText, observation_space
@@ -168,6 +169,7 @@ class PipelineEnv(AECEnv):
         self._kernel_owner: str | None = None
         if self.workspace is not None:
             self.workspace.open(self.episode_id, self.task.files)
+        isolated.warm()  # the grader process imports while the agents act
 
     def observe(self, agent: str) -> dict[str, list[Message]]:
         return {"messages": self._messages_for(agent)}

@@ -81,7 +81,10 @@ def our_empty_cgroups() -> list[Path]:
     """Cgroups this process made for sandboxes that hold no process any more (i.e. leaked)."""
     out = []
     for h in cgroups.probe().values():
-        for d in h.parent.glob(f"mappa-{os.getpid()}-*"):
+        budget_group = h.parent / cgroups.BUDGET_GROUP.format(pid=os.getpid())  # persistent by design
+        for d in [*h.parent.glob(f"mappa-{os.getpid()}-*"), *budget_group.glob(f"mappa-{os.getpid()}-*")]:
+            if d == budget_group:
+                continue
             try:
                 if not (d / "cgroup.procs").read_text().split():
                     out.append(d)

@@ -2,8 +2,10 @@
 
 Thinking models put their scratch work inside ``<think>`` tags; only the text after it counts, so a box inside the
 reasoning never scores. math_verify parses LaTeX with sympy, which can be slow or hang on adversarial input: the
-boxed answer is capped in length, plain integers skip sympy entirely, and parsing/comparison run under
-math_verify's own timeouts (signal based, hence only in the main thread).
+boxed answer is capped in length, plain integers skip sympy entirely, and everything else is parsed and compared
+in the isolated grader process (:mod:`mappa_envs.grading.isolated`) under a hard wall-time limit — math_verify's
+own timeouts are signal based, work only on a main thread and cannot stop a C-level power computation such as
+``9^{9^{9^{9}}}``. A grade that times out is wrong, with ``reason`` saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MAX_ANSWER_CHARS = 200
 
 TIMEOUT_S = 2
 """Seconds math_verify may spend on one parse or one comparison (whole seconds: it uses ``signal.alarm``)."""
+GRADE_TIMEOUT_S = 5.0
+"""Hard wall time of one isolated comparison (the grader process is killed after it)."""
 
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _INTEGER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0*)?")
@@ -113,6 +117,15 @@ def _parse(latex: str) -> list:
 
 
 def _verify(expected: str, answer: str) -> bool:
+    """math_verify's verdict, computed in the isolated grader process (raises its timeout/failure errors)."""
+    from mappa_envs.grading import isolated
+
+    return bool(
+        isolated.run("mappa_envs.grading.math:_verify_direct", expected, answer, timeout_s=GRADE_TIMEOUT_S)
+    )
+
+
+def _verify_direct(expected: str, answer: str) -> bool:
     from math_verify import verify
 
     gold = list(_parse_gold(expected))
@@ -147,7 +160,8 @@ def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> di
     """Grade a model answer: is its last boxed answer equal to ``expected``?
 
     Returns ``{"correct", "answer", "expected", "success", "reward"}``; ``answer`` is the boxed text (None when
-    there is none), ``success`` equals ``correct`` and ``reward`` is 1.0 or 0.0. Never raises on bad input.
+    there is none), ``success`` equals ``correct`` and ``reward`` is 1.0 or 0.0; when the grader itself failed
+    (e.g. ``"grader timed out after 5s"``) a ``reason`` says so. Never raises on bad input, never hangs.
     With ``answer_format="boxed_or_statement"`` a reply without ``\boxed{}`` is graded on its last
     "the answer is N" statement instead (see :func:`extract_statement`).
     """
@@ -157,8 +171,11 @@ def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> di
         expected_s = normalize_expected(expected)
     except (TypeError, ValueError):
         expected_s = "" if expected is None else str(expected).strip()
+    from mappa_envs.grading.isolated import GraderFailed, GraderTimeout
+
     correct = False
     answer: str | None = None
+    reason = ""
     try:
         answer = extract_boxed(response) or None
         if answer is None and answer_format == "boxed_or_statement":
@@ -172,16 +189,21 @@ def grade_math(response: str, expected: Any, answer_format: str = "boxed") -> di
                     correct = a_int == e_int
                 else:
                     correct = _verify(expected_s, answer)
+    except (GraderTimeout, GraderFailed) as e:  # an answer that hangs or bloats the grader is simply wrong
+        correct, reason = False, str(e)
     except Exception:  # grading must never crash an episode; an ungradable answer is simply wrong
         correct = False
     except BaseException as e:  # math_verify's TimeoutException derives from BaseException
         if type(e).__name__ != "TimeoutException":
             raise
         correct = False
-    return {
+    out = {
         "correct": correct,
         "answer": answer,
         "expected": expected_s,
         "success": correct,
         "reward": 1.0 if correct else 0.0,
     }
+    if reason:
+        out["reason"] = reason
+    return out

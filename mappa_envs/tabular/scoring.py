@@ -19,6 +19,7 @@ the values given (e.g. probabilities outside [0, 1]). A broken *answers* file is
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,10 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mappa_envs.grading import isolated
 from mappa_envs.tabular.meta import TabularMeta
 from mappa_envs.tabular.metrics import Metric, get_metric
 from mappa_envs.tasks import TaskError
+from mappa_envs.workspace import hostio
 
+MAX_SUBMISSION_BYTES = 256 * 1024**2
+TIMEOUT_S = 60.0
+"""Wall time one tabular grade may take in the grader process."""
 NA_TOKENS = frozenset({"", "nan", "-nan", "na", "n/a", "null", "none", "<na>", "nat"})
 _INT_ID = re.compile(r"^[+-]?\d+$")
 _INTEGRAL = re.compile(r"^[+-]?\d+(\.0*)?$")
@@ -46,14 +52,41 @@ class _Invalid(Exception):
 # ---------------------------------------------------------------------------------------------- public API
 
 
-def score_submission(meta: TabularMeta | Mapping[str, Any], answers_csv: Path, submission_csv: Path) -> dict:
+def score_submission(
+    meta: TabularMeta | Mapping[str, Any],
+    answers_csv: Path,
+    submission_csv: Path,
+    timeout_s: float = TIMEOUT_S,
+) -> dict:
     """Grade one submission. Never raises on a bad submission; raises TaskError on a broken task/answers file.
 
     Returns ``{valid, success, metric, score, relative, reward, reason, baseline, best, higher_is_better,
     task_id}`` where ``success == valid``, ``reward == relative`` (0.0 when invalid), ``score`` is the raw metric
     (None when invalid) and ``relative = clip((score - baseline) / (best - baseline), 0, 1)`` — the same formula
     serves both directions because ``best - baseline`` carries the sign.
+
+    The grade runs in the isolated grader process (:mod:`mappa_envs.grading.isolated`) under a wall-time limit
+    of ``timeout_s``; a grade that times out or crashes the grader is an invalid submission saying so.
     """
+    TabularMeta.from_mapping(meta, where="task meta")  # a broken meta is the caller's error, raised here
+    try:
+        return isolated.run(
+            "mappa_envs.tabular.scoring:_score_direct",
+            meta,
+            Path(answers_csv),
+            Path(submission_csv),
+            timeout_s=timeout_s,
+        )
+    except isolated.RemoteError as e:
+        if e.kind == "TaskError":
+            raise TaskError(str(e)) from None
+        return invalid_outcome(meta, f"the grader failed on this submission ({e.kind}: {e})")
+    except (isolated.GraderTimeout, isolated.GraderFailed) as e:
+        return invalid_outcome(meta, str(e))
+
+
+def _score_direct(meta: TabularMeta | Mapping[str, Any], answers_csv: Path, submission_csv: Path) -> dict:
+    """:func:`score_submission` in this process (what the grader worker runs)."""
     m = TabularMeta.from_mapping(meta, where="task meta")
     metric = get_metric(m.metric)
     answers = _load_answers(Path(answers_csv), m, metric)
@@ -151,7 +184,7 @@ class _Answers:
     columns: list[_Column]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path | io.BytesIO) -> pd.DataFrame:
     """Every cell as a stripped string ("" for empty), header names stripped: parsing is ours, not pandas'."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
     df.columns = [str(c).strip() for c in df.columns]
@@ -204,6 +237,13 @@ def _train_labels(m: TabularMeta, col: _Column) -> set[Any]:
     return {c for v in values.tolist() if v.lower() not in NA_TOKENS and (c := col.canon(v)) is not None}
 
 
+def max_submission_bytes(answers: _Answers) -> int:
+    """The largest submission read: generous for any honest file (64 bytes a cell, 16 MiB at least), far below
+    what would cost the env real memory or time (256 MiB at most)."""
+    cells = len(answers.ids) * (1 + len(answers.columns))
+    return int(min(MAX_SUBMISSION_BYTES, max(16 * 1024**2, 64 * cells)))
+
+
 def _canon_id(value: str, integer_ids: bool) -> str:
     """Ids compare as stripped strings; integer ids also accept ``17.0`` (pandas upcasts ids with NaN to float)."""
     if integer_ids and _INTEGRAL.match(value):
@@ -218,12 +258,14 @@ def _read_submission(
     path: Path, m: TabularMeta, answers: _Answers, metric: Metric
 ) -> tuple[np.ndarray, np.ndarray]:
     name = path.name
-    if not path.exists():
-        raise _Invalid(f"no submission file: {name} was not written")
-    if not path.is_file():
-        raise _Invalid(f"{name} is not a file")
+    try:  # the workspace is hostile: a regular file of its own, inside it, of bounded size (see hostio)
+        data = hostio.read_bytes(path.parent, name, max_submission_bytes(answers))
+    except FileNotFoundError:
+        raise _Invalid(f"no submission file: {name} was not written") from None
+    except hostio.Refused as e:
+        raise _Invalid(str(e)) from None
     try:
-        df = _read_csv(path)
+        df = _read_csv(io.BytesIO(data))
     except pd.errors.EmptyDataError:
         raise _Invalid(f"{name} is empty") from None
     except Exception as e:

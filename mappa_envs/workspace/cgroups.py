@@ -12,13 +12,17 @@ created below the cgroup this process already lives in, so limits nest under wha
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from mappa_envs.workspace import mountinfo
 
 CONTROLLERS = ("pids", "memory")
 
@@ -34,17 +38,11 @@ class Hierarchy:
 
 def _mounts() -> list[tuple[str, str, str, str]]:
     """``(fstype, mount point, root inside the fs, super options)`` of every cgroup mount."""
-    out = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
-            out.append((rfields[0], fields[4], fields[3], rfields[2]))
-    return out
+    return [
+        (m.fstype, m.mount_point, m.root, m.super_options)
+        for m in mountinfo.mounts()
+        if m.fstype in ("cgroup", "cgroup2")
+    ]
 
 
 def _own_paths() -> dict[str, str]:
@@ -110,8 +108,50 @@ def probe() -> dict[str, Hierarchy]:
     return found
 
 
+BUDGET_GROUP = "mappa-{pid}-budget"
+"""The parent memory group of all this process's sandboxes, capped at :func:`.budget.total_bytes`."""
+_BUDGET_LOCK = threading.Lock()
+_budget_dirs: dict[str, Path] = {}
+
+
+def budget_parent(h: Hierarchy) -> Path:
+    """The process-wide memory group (created once, limit = the memory budget) the sandboxes' groups go in."""
+    from mappa_envs.workspace import budget
+
+    with _BUDGET_LOCK:
+        d = _budget_dirs.get(str(h.parent))
+        if d is not None and d.exists():
+            return d
+        d = h.parent / BUDGET_GROUP.format(pid=os.getpid())
+        d.mkdir(exist_ok=True)
+        limit = str(budget.total_bytes())
+        if h.v2:
+            _try_write(h.parent / "cgroup.subtree_control", "+memory")
+            _try_write(d / "cgroup.subtree_control", "+memory")
+            (d / "memory.max").write_text(limit)
+            _try_write(d / "memory.swap.max", "0")
+        else:
+            (d / "memory.limit_in_bytes").write_text(limit)
+            _try_write(d / "memory.memsw.limit_in_bytes", limit)
+        _budget_dirs[str(h.parent)] = d
+        if len(_budget_dirs) == 1:
+            atexit.register(_remove_budget_dirs)
+        return d
+
+
+def _remove_budget_dirs() -> None:
+    for d in list(_budget_dirs.values()):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 class Group:
-    """One sandbox's groups (one per usable controller); ``procs_files`` are what a launcher writes its pid to."""
+    """One sandbox's groups (one per usable controller); ``procs_files`` are what a launcher writes its pid to.
+
+    The memory group sits inside the process-wide budget group (:func:`budget_parent`), so the caps of all
+    parallel sandboxes are bounded together as well as one by one."""
 
     def __init__(self, max_pids: int | None, memory_bytes: int | None) -> None:
         self.dirs: list[Path] = []
@@ -120,7 +160,7 @@ class Group:
             limit = max_pids if c == "pids" else memory_bytes
             if not limit:
                 continue
-            d = h.parent / name
+            d = (budget_parent(h) if c == "memory" else h.parent) / name
             d.mkdir()
             self.dirs.append(d)
             if c == "pids":
@@ -178,7 +218,10 @@ def sweep_stale() -> int:
             pid = d.name.split("-")[1]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 g = Group.__new__(Group)
-                g.dirs = [d]
+                g.dirs = [
+                    *(c for c in d.glob("mappa-*-*") if c.is_dir()),
+                    d,
+                ]  # a budget group's members first
                 g.destroy()
                 n += 1
     return n

@@ -19,10 +19,11 @@ import atexit
 import ctypes
 import functools
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
+
+from mappa_envs.workspace import hostio, mountinfo
 
 MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
@@ -70,17 +71,11 @@ def _release_all() -> None:
 def stale_mounts() -> list[Path]:
     """Our caps whose owner process is gone (it crashed before unmounting)."""
     out = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(rfields) >= 2 and rfields[0] == "tmpfs" and rfields[1].startswith(SOURCE + "-"):
-            pid = rfields[1][len(SOURCE) + 1 :]
+    for m in mountinfo.mounts():
+        if m.fstype == "tmpfs" and m.source.startswith(SOURCE + "-"):
+            pid = m.source[len(SOURCE) + 1 :]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                out.append(Path(fields[4].replace("\\040", " ")))
+                out.append(Path(m.mount_point))
     return out
 
 
@@ -114,7 +109,7 @@ def can_mount() -> bool:
         unmount(d)
         return True
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        hostio.remove_tree(d)
 
 
 def capped_dir(parent: Path, prefix: str, size_bytes: int | None) -> tuple[Path, bool]:
@@ -134,17 +129,14 @@ def remove_dir(path: Path, keep: bool = False) -> None:
     """Remove a directory made by :func:`capped_dir`; with ``keep`` its contents stay on disk at the same path."""
     if not is_mount(path):
         if not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            hostio.remove_tree(path)
         return
     if keep:  # copy out of RAM before the tmpfs goes away, then put it back at the same path
         saved = Path(tempfile.mkdtemp(prefix=path.name + "-keep-", dir=path.parent))
-        try:
-            shutil.copytree(path, saved, symlinks=True, dirs_exist_ok=True)
-        except shutil.Error:
-            pass  # sockets, fifos: not files to keep
+        hostio.copy_tree(path, saved)  # bounded; links, sockets, FIFOs are not files to keep
         unmount(path)
-        shutil.rmtree(path, ignore_errors=True)
+        hostio.remove_tree(path)
         saved.rename(path)
         return
     unmount(path)
-    shutil.rmtree(path, ignore_errors=True)
+    hostio.remove_tree(path)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Literal
 
 from mappa_envs.taskgen.sources import TASK_SOURCES, hidden_host_paths
-from mappa_envs.workspace import cgroups, quota
+from mappa_envs.workspace import budget, cgroups, hostio, quota
 from mappa_envs.workspace.kernel import GiB, Wrapper, kernel_env
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,11 @@ class BwrapSandbox:
     interrupt_by_message = True
 
     def __init__(self, policy: Policy = Policy(), bwrap: str | None = None, level: str = "auto") -> None:
+        budget.check(
+            policy.memory_bytes
+            and policy.memory_bytes + policy.disk_bytes + 2 * policy.tmp_bytes + policy.runtime_bytes,
+            "one sandbox (memory: 2 x cell_memory_gb by default, plus its tmpfs caps: disk, /tmp, /dev/shm, IPC)",
+        )
         probe = probe_bwrap(bwrap)
         if not probe.ok:
             raise SandboxUnavailable(f"bubblewrap cannot run: {probe.error}; {INSTALL_HINT}")
@@ -378,7 +383,10 @@ class BwrapSandbox:
         else:
             unprotected.append("fork bombs: no writable pids cgroup and RLIMIT_NPROC does not bind root")
         if "memory" in cg and p.memory_bytes:
-            protected.append(f"memory: memory cgroup, {p.memory_bytes / GiB:g} GiB for the whole sandbox")
+            protected.append(
+                f"memory: memory cgroup, {p.memory_bytes / GiB:g} GiB for the whole sandbox, and "
+                f"{budget.total_bytes() / GiB:.3g} GiB for all sandboxes of this process together"
+            )
         else:
             unprotected.append("total memory: only the per-process RLIMIT_AS (no writable memory cgroup)")
         if quota.can_mount():
@@ -459,10 +467,13 @@ class BwrapSandbox:
         return _launch(sys.executable, outer_opts, sandboxed + inner)
 
     def diagnose(self, runtime_dir: Path) -> str:
-        """The end of the sandbox's log (bubblewrap's own errors land there), for a failed kernel start."""
+        """The end of the sandbox's log (bubblewrap's own errors land there), for a failed kernel start.
+
+        The IPC folder is writable from inside, so the log is read like any workspace file (:mod:`.hostio`):
+        a ``kernel.log`` left as a link to a host file is refused, not quoted."""
         try:
-            text = (Path(runtime_dir) / "kernel.log").read_text(errors="replace")
-        except OSError:
+            text = hostio.read_bytes(Path(runtime_dir), "kernel.log", 1 << 20).decode(errors="replace")
+        except (OSError, hostio.Refused):
             return ""
         return f"sandbox log ({self.bwrap}):\n{text[-2000:]}" if text.strip() else ""
 
@@ -499,6 +510,10 @@ class FallbackSandbox:
     interrupt_by_message = True
 
     def __init__(self, policy: Policy = Policy(), reason: str = "") -> None:
+        budget.check(
+            policy.memory_bytes and policy.memory_bytes + policy.disk_bytes,
+            "one sandbox (memory: 2 x cell_memory_gb by default, plus its disk cap)",
+        )
         self.policy = policy
         self.reason = reason
         self.unshare = _unshare_args()

@@ -13,7 +13,7 @@ by the sandbox (``make_workdir`` / ``remove_workdir``: size-capped where possibl
 
 from __future__ import annotations
 
-import os
+import logging
 import shutil
 import sys
 import tempfile
@@ -21,10 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mappa_envs.records import FileInfo, ToolResult
+from mappa_envs.workspace import hostio
 from mappa_envs.workspace.kernel import CellLimits, Kernel, Wrapper
 from mappa_envs.workspace.pool import shared_pool
 
 MAX_LISTED_FILES = 200
+log = logging.getLogger(__name__)
 
 
 def default_root() -> Path:
@@ -51,6 +53,7 @@ class Workspace:
         self.keep = keep
         self.path: Path | None = None
         self._kernel: Kernel | None = None
+        self.handoff_limits = hostio.CopyLimits()
 
     def open(self, name: str, files: Mapping[str, Path] = {}) -> Path:
         """Create a fresh folder ``<root>/<name>-XXXX`` and copy the input files into it under their names."""
@@ -87,8 +90,11 @@ class Workspace:
         old = self.path
         assert old is not None
         if folder != old:
-            for entry in os.listdir(old):
-                shutil.move(str(old / entry), str(folder / entry))
+            # the previous role's files: hostile, bounded (no links or special files followed, capped in size,
+            # count, depth and time); what is left behind is logged by name
+            report = hostio.move_tree(old, folder, self.handoff_limits)
+            if report.skipped:
+                log.warning("hand-off left behind: %s", "; ".join(report.skipped))
             self._remove(old, keep=False)
             self.path = folder
 
@@ -97,7 +103,7 @@ class Workspace:
         if remove is not None:
             remove(path, keep=keep)
         elif not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            hostio.remove_tree(path)  # bounded whatever the agent left (a 1,200-deep tree)
 
     @property
     def kernel(self) -> Kernel:
@@ -131,22 +137,14 @@ class Workspace:
         return self.kernel.execute(code)
 
     def files(self) -> list[FileInfo]:
-        """Files in the workspace (relative names, sizes), sorted; at most ``MAX_LISTED_FILES``."""
+        """Regular files in the workspace (relative names, apparent sizes), sorted; at most ``MAX_LISTED_FILES``.
+
+        Bounded whatever the agent left (see :func:`.hostio.walk`): links, FIFOs, sockets and hard links are not
+        listed, and the walk stops after ``hostio.MAX_ENTRIES`` entries or ``hostio.MAX_DEPTH`` levels."""
         if self.path is None or not self.path.exists():
             return []
-        out: list[FileInfo] = []
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            dirnames[:] = sorted(d for d in dirnames if d not in {"__pycache__", ".ipynb_checkpoints"})
-            for f in sorted(filenames):
-                p = Path(dirpath) / f
-                try:
-                    size = p.lstat().st_size
-                except OSError:
-                    continue
-                out.append(FileInfo(str(p.relative_to(self.path)), size))
-                if len(out) >= MAX_LISTED_FILES:
-                    return out
-        return sorted(out, key=lambda f: f.name)
+        found = hostio.files(self.path, MAX_LISTED_FILES)  # bounded; links and special files are not files
+        return sorted((FileInfo(e.rel, e.size) for e in found), key=lambda f: f.name)
 
     def close(self) -> None:
         """Kill the kernel (and all it spawned) and remove the folder unless ``keep``."""
