@@ -352,8 +352,8 @@ def test_prompt_has_role_rubric_evidence_and_is_deterministic() -> None:
     assert "I should not be seen" not in user and "print(1)" in user
     assert user.count("characters cut") == 2  # observation and tool output were trimmed, visibly
     assert "Warning: colour" in user and "\x1b" not in user
-    assert "created submission.csv (42 bytes)" in user
-    assert "changed model.pkl (5 -> 9 bytes)" in user and "removed old.txt (was 3 bytes)" in user
+    assert "created `submission.csv` (42 bytes)" in user
+    assert "changed `model.pkl` (5 -> 9 bytes)" in user and "removed `old.txt` (was 3 bytes)" in user
     assert '"score"' in messages[0]["content"] and "Episode outcome" not in user
 
 
