@@ -148,7 +148,10 @@ def test_unreadable_replies_end_in_a_counted_fallback(tmp_path: Path, bad: Reply
 
 
 def test_unreadable_replies_raise_with_the_reason_by_default(tmp_path: Path) -> None:
-    with FakeOpenAIServer(replies=[Reply(text="Score: 12")]) as srv, make_coach(srv, tmp_path) as coach:
+    with (
+        FakeOpenAIServer(replies=[Reply(text='{"score": 12, "rationale": "x"}')]) as srv,
+        make_coach(srv, tmp_path) as coach,
+    ):
         with pytest.raises(CoachUnavailable, match="outside"):
             coach.judge(one(), MATH_ROLES)
         assert len(srv.requests) == 2  # the reply and one re-ask, no more

@@ -351,7 +351,7 @@ class OpenAICoach:
             self.stats.prompt_tokens += usage[0]
             self.stats.completion_tokens += usage[1]
             try:
-                judgement = parse_judgement(reply, source="llm")
+                judgement = parse_judgement(reply, source="llm", strict=mode != "text")
             except CoachParseError as e:
                 self.stats.parse_failures += 1
                 last_error = f"unreadable reply ({e.reason}): {_short(reply)}"
