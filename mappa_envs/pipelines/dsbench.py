@@ -116,6 +116,7 @@ ANALYST = Role(
         "A good Analyst action produces a valid submission.csv in the required format (ids, header, row count, "
         "labels or probabilities as the metric needs) from the upstream model; only this file is graded."
     ),
+    graded=True,
 )
 
 

@@ -47,7 +47,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
-from mappa_envs.pipelines.math_common import grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
 
 TEAM = "a team of three agents (Problem Solver → Code Executor → Verifier)"
 
@@ -63,6 +63,7 @@ SOLVER = Role(
         "A good Problem Solver action sets up the problem correctly, reasons step by step without arithmetic "
         "slips, and states one clear answer in \\boxed{}."
     ),
+    answer=MathAnswer("boxed"),
 )
 CODER = Role(
     name="coder",
@@ -78,6 +79,7 @@ CODER = Role(
         "A good Code Executor action writes correct Python that computes or checks the answer, prints the "
         "result, fixes its own errors, and reports the computed answer clearly."
     ),
+    answer=MathAnswer("boxed"),
 )
 VERIFIER = Role(
     name="verifier",
@@ -92,6 +94,8 @@ VERIFIER = Role(
         "A good Verifier action weighs the earlier work, catches errors, and ends with exactly one final answer "
         "in \\boxed{}; the team is judged on that answer alone."
     ),
+    answer=MathAnswer("boxed"),
+    graded=True,
 )
 
 SPEC = PipelineSpec(
@@ -115,7 +119,10 @@ def raw_env(version: int = LATEST_VERSION, answer_format: str = "boxed", **kwarg
     spec = (
         SPEC
         if answer_format == "boxed"
-        else dataclasses.replace(SPEC, grade=grade_last_role("verifier", answer_format))
+        else dataclasses.replace(
+            SPEC.with_answer_format(MathAnswer(answer_format)),
+            grade=grade_last_role("verifier", answer_format),
+        )
     )
     versioned("math-chat", version, kwargs)
     return PipelineEnv(spec, **kwargs)

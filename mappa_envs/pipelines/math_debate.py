@@ -40,7 +40,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, debate, versioned
-from mappa_envs.pipelines.math_common import grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
 
 
 def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") -> PipelineSpec:
@@ -48,6 +48,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
     if debaters < 2:
         raise ValueError(f"a debate needs at least 2 debaters, got {debaters}")
     team = f"a debate of {debaters} agents over {rounds} round(s), decided by a Judge"
+    answer = MathAnswer(answer_format)
     debater_roles = tuple(
         Role(
             name=f"debater_{i}",
@@ -62,6 +63,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
                 "A good debater action gives a correct, checkable argument, engages with the other debaters' "
                 "previous answers, and ends with one answer in \\boxed{}."
             ),
+            answer=answer,
         )
         for i in range(debaters)
     )
@@ -74,6 +76,8 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
         ),
         visibility="all_rounds",
         rubric="A good Judge action weighs the arguments on their merits and ends with one final answer in \\boxed{}.",
+        answer=answer,
+        graded=True,
     )
     return PipelineSpec(
         name="math-debate",
