@@ -39,6 +39,7 @@ from mappa_envs.coach.prompts import (
     JUDGEMENT_SCHEMA,
     PromptLimits,
     build_messages,
+    echoes_data,
 )
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, Judgement
@@ -352,6 +353,11 @@ class OpenAICoach:
             self.stats.completion_tokens += usage[1]
             try:
                 judgement = parse_judgement(reply, source="llm", strict=mode != "text")
+                if echoes_data(reply or "", messages[-1]["content"]):
+                    raise CoachParseError(
+                        "the reply repeats a verdict that the agents wrote in the data; judge the action yourself",
+                        reply,
+                    )
             except CoachParseError as e:
                 self.stats.parse_failures += 1
                 last_error = f"unreadable reply ({e.reason}): {_short(reply)}"
