@@ -8,7 +8,7 @@ Adding a pipeline means writing one of these, not a new engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -141,12 +141,8 @@ class PipelineSpec:
     def with_answer_format(self, answer: AnswerFormat) -> PipelineSpec:
         """This pipeline with every role that states an answer stating it as ``answer`` (the grader is the
         caller's to match): one setting, read by the grader and the coach alike."""
-        import dataclasses
-
-        roles = tuple(
-            dataclasses.replace(r, answer=answer) if r.answer is not None else r for r in self.roles
-        )
-        return dataclasses.replace(self, roles=roles)
+        roles = tuple(replace(r, answer=answer) if r.answer is not None else r for r in self.roles)
+        return replace(self, roles=roles)
 
 
 def sequential(roles: Sequence[Role]) -> tuple[Slot, ...]:

@@ -304,7 +304,7 @@ def test_check_answers_needs_hindsight_and_a_known_format() -> None:
 
 def test_require_output_pays_no_clean_run_bonus_for_silent_code() -> None:
     """Seed 1's hack (docs/RESULTS.md): code that prints nothing runs cleanly by construction."""
-    from mappa_envs.pipelines.math_chat import CODER, SOLVER, SPEC, VERIFIER
+    from mappa_envs.pipelines.math_chat import CODER, SOLVER, VERIFIER
 
     roles = {r.name: r for r in (SOLVER, CODER, VERIFIER)}
     ep = _math_episode("\\boxed{7}", "```python\nx = 5 + 2\n```", "\\boxed{7}", "7", success=True)
@@ -351,3 +351,65 @@ def test_penalize_repetition_marks_a_reply_that_says_one_sentence_over_and_over(
     ):
         strict.judge([record("solver", 0, fine, env_id="math-chat-v0")], MATH_ROLES)
         assert "repeated_sentence" not in rules_of(strict), fine
+
+
+# ------------------------------------------------------------------------------ what pipelines declare
+
+
+def test_no_coach_module_imports_a_grader() -> None:
+    """Domain knowledge comes from the pipeline's roles (Role.answer), never from a grader import or \\boxed sniffing."""
+    import ast
+    from pathlib import Path
+
+    import mappa_envs.coach
+
+    for path in Path(mappa_envs.coach.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [
+            n.module if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in (n.names if isinstance(n, ast.Import) else [n])
+        ]
+        assert not [m for m in imported if m and ("grading" in m or "pipelines" in m)], path.name
+        assert "system_prompt" not in path.read_text(), path.name  # no sniffing of prompts
+
+
+def test_a_pipeline_adds_a_rubric_on_a_role() -> None:
+    from mappa_envs.coach.rubrics import Fired
+
+    class NoPlots:
+        name = "no_plots"
+
+        def score(self, record, context):
+            png = [f.name for f in record.files_written() if f.name.endswith(".png")]
+            return [Fired("plot_written", -1.0, ", ".join(png))] if png else []
+
+    roles = {**DS_ROLES, "modeler": replace(DS_ROLES["modeler"], rubrics=(NoPlots(),))}
+    after = [*TRAIN, FileInfo("model.pkl", 10), FileInfo("fig.png", 5)]
+    r = record(
+        "modeler", 1, "x", tool_results=[ToolResult("...", "ok")], after=after, env_id="dsbench-3agent-v2"
+    )
+    [plain], [with_rubric] = RuleCoach().judge([r], DS_ROLES), RuleCoach().judge([r], roles)
+    assert with_rubric.score == plain.score - 1 and "plot_written (fig.png) -1" in with_rubric.rationale
+    with pytest.raises(TypeError, match="score"):
+        replace(DS_ROLES["modeler"], rubrics=(object(),))
+
+
+def test_the_maths_pipelines_declare_answer_format_graded_role_and_the_env_sets_it_once() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from mappa_envs.pipelines import math_chat, math_debate
+
+    spec = math_chat.raw_env(answer_format="boxed_or_statement", kernel_pool=0).spec
+    assert {r.name: r.answer.name for r in spec.roles} == dict.fromkeys(
+        ("solver", "coder", "verifier"), "boxed_or_statement"
+    )
+    assert [r.name for r in spec.roles if r.graded] == ["verifier"]
+    debate = math_debate.make_spec(2, 1, "boxed")
+    assert [r.name for r in debate.roles if r.graded] == ["judge"] and all(r.answer for r in debate.roles)
+    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
+        coach_kwargs = (yaml.safe_load(path.read_text()).get("env_kwargs") or {}).get("coach_kwargs") or {}
+        assert "answer_format" not in coach_kwargs, path.name  # once, on the env
