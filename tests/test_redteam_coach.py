@@ -447,3 +447,53 @@ def test_a_coach_that_parrots_the_agents_verdict_is_not_paid_for_it(tmp_path: Pa
         [k] = coach.judge([failing_analyst("No file.", episode_id="ep-2")], DS_ROLES)  # carries on
         assert (k.score, k.source) == (2.0, "llm")
         coach.close()
+
+
+def test_an_unreadable_pickle_is_not_a_saved_artifact() -> None:
+    """The data engineer writes garbage bytes under the right names; the modeler cannot unpickle them."""
+    junk = [FileInfo("X_train.pkl", 5), FileInfo("y_train.pkl", 5), FileInfo("X_test.pkl", 5)]
+    error = "UnpicklingError: invalid load key, 'j'."
+    ep = [
+        record(
+            "data_engineer",
+            0,
+            "```python\nopen('X_train.pkl', 'w').write('junk!')\n```",
+            tool_results=[ToolResult("write", "")],
+            after=[*TRAIN, *junk],
+            env_id="dsbench-3agent-v2",
+            outcome=dict(FAILED),
+            ends_turn=False,
+        ),
+        record(
+            "data_engineer",
+            1,
+            "Saved.",
+            before=[*TRAIN, *junk],
+            after=[*TRAIN, *junk],
+            turn=1,
+            env_id="dsbench-3agent-v2",
+            outcome=dict(FAILED),
+        ),
+        record(
+            "modeler",
+            2,
+            "```python\nX = pd.read_pickle('X_train.pkl')\n```",
+            before=[*TRAIN, *junk],
+            after=[*TRAIN, *junk],
+            env_id="dsbench-3agent-v2",
+            outcome=dict(FAILED),
+            tool_results=[ToolResult("pd.read_pickle('X_train.pkl')", stderr=error, error=error)],
+        ),
+    ]
+    coach = RuleCoach(hindsight=True)
+    start = time.monotonic()
+    de0, de1, mo = coach.judge(ep, DS_ROLES)
+    assert time.monotonic() - start < 1.0
+    assert "artifact_unreadable (X_train.pkl)" in de1.rationale and "artifacts_saved" not in de1.rationale
+    assert "caused_downstream_failure" in de0.rationale
+    assert (
+        "error_caused_upstream (X_train.pkl unreadable" in mo.rationale and "code_error" not in mo.rationale
+    )
+    for r in ep:
+        r.env_id = "dsbench-3agent-v1"
+    assert "artifacts_saved" in coach.judge(ep, DS_ROLES)[1].rationale  # v1 as it was

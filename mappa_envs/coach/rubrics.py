@@ -13,7 +13,8 @@ Rules since the v2 envs (records of ``-v0``/``-v1`` envs keep the rules those ru
   scores 0 (``no_progress``): for a role that must leave files, a required file of its own appears (non-empty) for
   the first time; for a role that leaves none, its code prints something it had not printed before in this part.
   Extra turns that change nothing earn nothing, so they cannot raise a role's summed reward.
-- **artifacts** (:class:`Artifacts`): an empty file is not a saved artifact.
+- **artifacts** (:class:`Artifacts`): an empty file is not a saved artifact, nor (hindsight) one a later role's
+  code could not read (``artifact_unreadable``; that role is excused and the saver blamed).
 - **removal** (:class:`ArtifactRemoval`): removing or emptying a file another role was required to leave costs
   ``removed_artifact``; the blame for the failure it causes goes to the remover, never to the producer.
 """
@@ -57,6 +58,7 @@ class Blame:
     victim_step: int
     victim_role: str
     error: str
+    kind: str = "missing"  # or "unreadable" (v2: the file was there, but could not be read)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class CodeRun:
             return fired
         if context.caused_upstream:
             b = context.caused_upstream[0]
-            return [Fired("error_caused_upstream", 0.0, f"{b.file} missing, owed by {b.producer}")]
+            return [Fired("error_caused_upstream", 0.0, f"{b.file} {b.kind}, owed by {b.producer}")]
         return []
 
 
@@ -220,6 +222,12 @@ class Artifacts:
             return []
         w = context.weights
         missing = [a for a in required if not present(a, record.files_after, legacy=context.legacy)]
+        unreadable = {b.file for b in context.blames if b.kind == "unreadable" and b.producer == record.role}
+        broken = [a for a in required if a not in missing and base_name(a) in unreadable]
+        if broken:  # hindsight, v2: a later role could not read it
+            return [Fired("artifact_unreadable", w.artifact_missing, a) for a in broken] + [
+                Fired("artifact_missing", w.artifact_missing, a) for a in missing
+            ]
         if not missing:
             return [Fired("artifacts_saved", w.artifacts_saved, ", ".join(required))]
         if context.victim:
@@ -329,7 +337,7 @@ class Outcome:
         mine = [b for b in context.blames if b.producer == record.role]
         if mine:
             b = mine[0]
-            what = f"{b.victim_role} at step {b.victim_step} failed: {b.file} missing"
+            what = f"{b.victim_role} at step {b.victim_step} failed: {b.file} {b.kind}"
             return [Fired("caused_downstream_failure", w.caused_downstream_failure, what)]
         return [Fired("team_failure", w.team_failure, detail)]
 

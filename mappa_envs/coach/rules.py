@@ -28,7 +28,8 @@ Rules (points in :class:`RuleWeights`):
   to produce, that error (and the artifacts and outcome it cost) is not held against the acting agent, and every
   action of the answerable role gets ``caused_downstream_failure`` (-3) instead. Since v2 the answerable role is
   the one that left the file missing: the producer if it never saved it (or saved it empty), the role that removed
-  it otherwise — and no one is excused for a file it removed itself.
+  it otherwise — and no one is excused for a file it removed itself. Since v2 a file left unreadable (a later
+  role's code fails unpickling or parsing it, unchanged since) is blamed like a missing one.
 
 Records of ``-v0`` / ``-v1`` envs (``record.env_id``) are scored with the rules those versions had (``legacy``: no
 progress or removal rules, empty files count, the producer is blamed whoever removed the file), so published
@@ -67,6 +68,10 @@ _MISSING_FILE = (
     re.compile(r"No such file or directory:\s*['\"]([^'\"\n]+)['\"]"),
     re.compile(r"FileNotFoundError:\s*(?:\[Errno 2\][^'\"\n]*)?['\"]?([\w./\\-]+\.\w+)['\"]?"),
     re.compile(r"[Ff]ile ['\"]?([\w./\\-]+\.\w+)['\"]? does not exist"),
+)
+_UNREADABLE = re.compile(
+    r"UnpicklingError|pickle data was truncated|EOFError: Ran out of input|EmptyDataError|No columns to parse|"
+    r"BadZipFile|invalid load key"
 )
 _VERSION = re.compile(r"-v(\d+)$")
 LEGACY_BEFORE = 2
@@ -279,7 +284,27 @@ class RuleCoach:
                     answerable = producers[-1] if legacy else _answerable(base, producers[-1], r, episode)
                     if answerable is not None and answerable != r.role:
                         found.append(Blame(base, answerable, r.step, r.role, one_line(t.error)))
+                if not legacy and _UNREADABLE.search(t.error + "\n" + t.stderr):
+                    found.extend(_unreadable(r, t.code, one_line(t.error), episode, roles))
         return found
+
+
+def _unreadable(
+    victim: ActionRecord, code: str, error: str, episode: list[ActionRecord], roles: Mapping[str, Role]
+) -> list[Blame]:
+    """v2: the victim's code failed reading a file another role left, unchanged since: that role saved it
+    unreadable (a truncated pickle, an empty CSV), so it is answerable, as for a missing file."""
+    out = []
+    for x in reversed([x for x in episode if x.step < victim.step and x.role != victim.role]):
+        for a in role_of(x, roles).required_artifacts:
+            base = base_name(a)
+            if base not in code or any(b.file == base for b in out):
+                continue
+            left = {base_name(f.name): f.size for f in x.files_after}
+            now = {base_name(f.name): f.size for f in victim.files_before}
+            if left.get(base) and left.get(base) == now.get(base):
+                out.append(Blame(base, x.role, victim.step, victim.role, error, kind="unreadable"))
+    return out[:1] if len(out) == 1 else []  # several candidates: no way to tell whose file it was
 
 
 def _answerable(file: str, producer: str, victim: ActionRecord, episode: list[ActionRecord]) -> str | None:
@@ -307,5 +332,8 @@ def _missing_files(text: str) -> list[str]:
 
 
 def explained(text: str, blames: Sequence[Blame]) -> bool:
-    """Does ``text`` (an error) name a missing file that one of ``blames`` puts on another role?"""
-    return any(base_name(n) == b.file for n in _missing_files(text) for b in blames)
+    """Does ``text`` (an error) name a missing file, or is it the unreadable-file error, that one of ``blames``
+    puts on another role?"""
+    if any(b.kind == "unreadable" and b.error and b.error in text for b in blames):
+        return True
+    return any(base_name(n) == b.file for n in _missing_files(text) for b in blames if b.kind == "missing")
