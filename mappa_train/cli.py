@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mappa_envs import cli as env_cli
+from mappa_envs.escape import escape_line
 
 
 def _config(args: argparse.Namespace):
@@ -54,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = _config(args)
     trainer = Trainer(config)
     if args.checkpoint and not trainer.resume(Path(args.checkpoint)):
-        print(f"no checkpoint at {args.checkpoint}", file=sys.stderr)
+        print(f"no checkpoint at {escape_line(args.checkpoint)}", file=sys.stderr)
         trainer.close()
         return 2
     run = Path(config.out_dir)
@@ -100,10 +101,10 @@ def model_team(args: argparse.Namespace, env: Any):
         )
         if not (checkpoint / "policy").is_dir():
             raise SystemExit(
-                f"no checkpoint at {args.checkpoint}: pass a run folder or a checkpoints/step-N folder"
+                f"no checkpoint at {escape_line(args.checkpoint)}: pass a run folder or a checkpoints/step-N folder"
             )
         policy.load(checkpoint / "policy")
-        print(f"adapters from {checkpoint}")
+        print(f"adapters from {escape_line(checkpoint)}")
     policy.eval()
 
     def act(agent: str, messages: list[dict]) -> str:
