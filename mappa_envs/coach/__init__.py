@@ -3,7 +3,8 @@
 - :class:`Coach` — the protocol (``judge`` / ``ajudge`` over a batch of records).
 - :class:`OpenAICoach` — any OpenAI-compatible endpoint; needs the ``openai`` package (``pip install
   'mappa[coach]'``), imported only when used.
-- :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame).
+- :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame), built from :class:`Rubric`
+  objects (:mod:`mappa_envs.coach.rubrics`); a pipeline adds one with ``Role(rubrics=...)``.
 - :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
 - :func:`parse_judgement` — the strict reply parser; :func:`build_messages` — the coach prompt.
 - :func:`make_coach` / :func:`register_coach` — coach backends by name (``"rules"``, ``"openai:MODEL"``, yours).
@@ -22,6 +23,7 @@ from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
 from mappa_envs.coach.monitor import BiasMonitor, CoachBiasWarning
 from mappa_envs.coach.parse import CoachParseError, parse_judgement
 from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
+from mappa_envs.coach.rubrics import Fired, Rubric, RubricContext
 from mappa_envs.coach.rules import RuleCoach, RuleWeights
 
 if TYPE_CHECKING:
@@ -35,10 +37,13 @@ __all__ = [
     "CoachParseError",
     "CoachStats",
     "CoachUnavailable",
+    "Fired",
     "JudgementCache",
     "MixtureCoach",
     "OpenAICoach",
     "PromptLimits",
+    "Rubric",
+    "RubricContext",
     "RuleCoach",
     "RuleWeights",
     "build_messages",
