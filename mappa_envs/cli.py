@@ -13,6 +13,7 @@ from typing import Any
 
 import mappa_envs
 from mappa_envs.engine import run_episode
+from mappa_envs.escape import escape_line, escape_text
 from mappa_envs.records import ActionRecord, trim
 from mappa_envs.scripted import scripted_team
 
@@ -29,16 +30,20 @@ def _format_record(r: ActionRecord, title: str) -> str:
         lines.append(f"   ⚠ agent error (empty reply): {r.agent_error}")
     written = r.files_written()
     if written:
-        lines.append("   files written: " + ", ".join(f"{f.name} ({f.size} B)" for f in written))
+        lines.append("   files written: " + ", ".join(f"{escape_line(f.name)} ({f.size} B)" for f in written))
     return "\n".join(lines)
 
 
 def transcript(records: Sequence[ActionRecord], titles: dict[str, str], outcome: dict | None) -> str:
-    """A person-readable transcript of one episode with per-action judgements and the outcome."""
+    """A person-readable transcript of one episode with per-action judgements and the outcome.
+
+    Safe to print to a terminal: agent text, tool output and file names are escaped (:mod:`mappa_envs.escape`),
+    so no agent can send escape sequences (OSC, cursor moves, raw CR) to the user's terminal.
+    """
     parts = [_format_record(r, titles.get(r.role, r.role)) for r in records]
     if outcome is not None:
         parts.append("══ outcome: " + json.dumps(outcome, default=str))
-    return "\n\n".join(parts)
+    return escape_text("\n\n".join(parts))
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -94,7 +99,9 @@ def cmd_play(args: argparse.Namespace) -> int:
         for episode in range(args.episodes):
             records, outcome = run_episode(env, team, seed=args.seed + episode)
             task = env.unwrapped.task
-            print(f"\n████ episode {episode + 1}/{args.episodes} · {env.unwrapped.env_id} · task {task.id}")
+            print(
+                f"\n████ episode {episode + 1}/{args.episodes} · {env.unwrapped.env_id} · task {escape_line(task.id)}"
+            )
             print(transcript(records, titles, outcome))
             successes += bool(outcome and outcome.get("success"))
     finally:

@@ -8,9 +8,9 @@ Adding a pipeline means writing one of these, not a new engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mappa_envs.records import ActionRecord
 from mappa_envs.tasks import Task, TaskSet
@@ -24,13 +24,34 @@ Visibility = Literal["upstream", "previous_round", "all_rounds"]
 """
 
 
+@runtime_checkable
+class AnswerFormat(Protocol):
+    """How a role must state its answer, as the pipeline's grader reads it (a coach never imports a grader).
+
+    ``extract(text)``: the stated answer of a visible reply, or None. ``check(text, expected)``: is the stated
+    answer right (None when nothing is stated). ``present_rule`` / ``absent_rule``: the names the rules coach
+    gives a reply that states / does not state an answer this way (``"answer_boxed"`` / ``"no_boxed_answer"``).
+    """
+
+    name: str
+    present_rule: str
+    absent_rule: str
+
+    def extract(self, text: str) -> str | None: ...
+
+    def check(self, text: str, expected: str) -> bool | None: ...
+
+
 @dataclass(frozen=True)
 class Role:
-    """One agent of the team.
+    """One agent of the team, and what a coach needs to know about it.
 
     ``max_turns`` bounds how many actions the role takes in one slot: it keeps the turn while its answer contains
     code that ran and it has turns left; an answer without code ends its part. ``required_artifacts`` are files
-    the role must leave in the workspace (checked by the rule coach and named in its prompt).
+    the role must leave in the workspace (checked by the rule coach and named in its prompt). ``answer``: the
+    format its final reply must state an answer in (None: it states none). ``graded``: the episode outcome grades
+    this role's final work (the rules coach books the outcome on its last action). ``rubrics``: extra rubric
+    objects (:class:`mappa_envs.coach.rubrics.Rubric`) the rules coach applies to this role's actions.
     """
 
     name: str
@@ -41,10 +62,23 @@ class Role:
     visibility: Visibility = "upstream"
     required_artifacts: tuple[str, ...] = ()
     rubric: str = ""
+    answer: AnswerFormat | None = None
+    graded: bool = False
+    rubrics: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
             raise ValueError(f"role {self.name!r}: max_turns must be >= 1, got {self.max_turns}")
+        if self.answer is not None and not isinstance(self.answer, AnswerFormat):
+            raise TypeError(
+                f"role {self.name!r}: answer must be an AnswerFormat (name, present_rule, absent_rule, extract, "
+                f"check), e.g. mappa_envs.pipelines.math_common.MathAnswer('boxed'); got {type(self.answer).__name__}"
+            )
+        for rubric in self.rubrics:
+            if not callable(getattr(rubric, "score", None)):
+                raise TypeError(
+                    f"role {self.name!r}: every rubric needs a score(record, context) method; got {rubric!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,12 @@ class PipelineSpec:
     @property
     def runs_code(self) -> bool:
         return any(r.runs_code for r in self.roles)
+
+    def with_answer_format(self, answer: AnswerFormat) -> PipelineSpec:
+        """This pipeline with every role that states an answer stating it as ``answer`` (the grader is the
+        caller's to match): one setting, read by the grader and the coach alike."""
+        roles = tuple(replace(r, answer=answer) if r.answer is not None else r for r in self.roles)
+        return replace(self, roles=roles)
 
 
 def sequential(roles: Sequence[Role]) -> tuple[Slot, ...]:

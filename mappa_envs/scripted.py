@@ -8,7 +8,9 @@ into Python for the coder to run, and fails honestly on anything else.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Callable
 
 from mappa_envs.records import Message
@@ -75,6 +77,39 @@ def arithmetic_team() -> Policy:
         if number is None:
             return "Nobody computed an answer, and I cannot decide."
         return f"The Code Executor's computation gives {number}. Final answer: \\boxed{{{number}}}"
+
+    return act
+
+
+def _compute(expr: str) -> str | None:
+    """The value of one of :func:`translate`'s expressions, or None (a debater has no kernel: it works it out)."""
+    if len(expr) > 60 or expr.count("**") > 1:
+        return None  # not a simple question; a tower of powers would stall the team
+    try:
+        value = eval(expr, {"__builtins__": {}, "math": math})  # noqa: S307 - translate() built it from digits
+    except (ArithmeticError, SyntaxError, TypeError, ValueError):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def debate_team() -> Policy:
+    """Debaters work the arithmetic out themselves and box it; the judge boxes the debaters' majority answer."""
+
+    def act(agent: str, messages: list[Message]) -> str:
+        if agent != "judge":
+            expr = translate(problem_text(messages))
+            value = _compute(expr) if expr is not None else None
+            if value is None:
+                return "I cannot work this problem out."
+            return f"Computing `{expr}` gives {value}, so the answer is \\boxed{{{value}}}."
+        seen = "\n".join(m["content"] for m in messages if m["role"] != "system")
+        answers = [a for a in re.findall(r"\\boxed\{([^{}]+)\}", seen) if a.strip() != "answer"]
+        if not answers:
+            return "No debater gave an answer, and I cannot decide."
+        best, _ = Counter(answers).most_common(1)[0]
+        return f"Most debaters argue for {best}. Final answer: \\boxed{{{best}}}"
 
     return act
 
@@ -195,6 +230,7 @@ def data_science_team(forget: tuple[str, ...] = ()) -> Policy:
 
 SCRIPTED_TEAMS: dict[str, Callable[[], Policy]] = {
     "math-chat": arithmetic_team,
+    "math-debate": debate_team,
     "dsbench-3agent": data_science_team,
 }
 

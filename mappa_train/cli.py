@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mappa_envs import cli as env_cli
+from mappa_envs.escape import escape_line
 
 DESCRIPTION = """\
 mappa: PettingZoo envs for teams of LLM agents, a coach that scores every action, and a trainer.
@@ -163,7 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     if checkpoint is not None:
         trainer.resume(checkpoint)
-        print(f"team from {checkpoint}", file=sys.stderr)
+        print(f"team from {escape_line(str(checkpoint))}", file=sys.stderr)
     run = Path(config.out_dir)
     if args.log and any(
         r.get("step") == trainer.step and "eval/success_rate" in r
@@ -235,7 +236,7 @@ def model_team(args: argparse.Namespace, env: Any):
     policy = build_policy(config, roles)
     if checkpoint is not None:
         policy.load(checkpoint / "policy")
-        print(f"adapters from {checkpoint}")
+        print(f"adapters from {escape_line(checkpoint)}")
     policy.eval()
 
     def act(agent: str, messages: list[dict]) -> str:

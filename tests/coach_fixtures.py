@@ -18,6 +18,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from fake_openai_server import FakeOpenAIServer  # type: ignore[no-redef]
 
 from mappa_envs.pipeline import Role
+from mappa_envs.pipelines.math_common import MathAnswer
 from mappa_envs.records import ActionRecord, FileInfo, ToolResult
 
 DS_ROLES = {
@@ -47,13 +48,20 @@ DS_ROLES = {
         runs_code=True,
         required_artifacts=("submission.csv",),
         rubric="10: valid submission.csv with good predictions; 0-2: no submission.",
+        graded=True,
     ),
 }
 
 MATH_ROLES = {
     "solver": Role("solver", "Problem Solver", "Solve the problem step by step."),
     "coder": Role("coder", "Code Executor", "Check the solution with Python code.", runs_code=True),
-    "verifier": Role("verifier", "Verifier", "Give the final answer as \\boxed{answer}."),
+    "verifier": Role(
+        "verifier",
+        "Verifier",
+        "Give the final answer as \\boxed{answer}.",
+        answer=MathAnswer("boxed"),
+        graded=True,
+    ),
 }
 
 TRAIN = [FileInfo("train.csv", 5000), FileInfo("test.csv", 2000)]

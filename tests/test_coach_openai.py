@@ -148,7 +148,10 @@ def test_unreadable_replies_end_in_a_counted_fallback(tmp_path: Path, bad: Reply
 
 
 def test_unreadable_replies_raise_with_the_reason_by_default(tmp_path: Path) -> None:
-    with FakeOpenAIServer(replies=[Reply(text="Score: 12")]) as srv, make_coach(srv, tmp_path) as coach:
+    with (
+        FakeOpenAIServer(replies=[Reply(text='{"score": 12, "rationale": "x"}')]) as srv,
+        make_coach(srv, tmp_path) as coach,
+    ):
         with pytest.raises(CoachUnavailable, match="outside"):
             coach.judge(one(), MATH_ROLES)
         assert len(srv.requests) == 2  # the reply and one re-ask, no more
@@ -352,8 +355,8 @@ def test_prompt_has_role_rubric_evidence_and_is_deterministic() -> None:
     assert "I should not be seen" not in user and "print(1)" in user
     assert user.count("characters cut") == 2  # observation and tool output were trimmed, visibly
     assert "Warning: colour" in user and "\x1b" not in user
-    assert "created submission.csv (42 bytes)" in user
-    assert "changed model.pkl (5 -> 9 bytes)" in user and "removed old.txt (was 3 bytes)" in user
+    assert "created `submission.csv` (42 bytes)" in user
+    assert "changed `model.pkl` (5 -> 9 bytes)" in user and "removed `old.txt` (was 3 bytes)" in user
     assert '"score"' in messages[0]["content"] and "Episode outcome" not in user
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +21,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from coach_fixtures import DS_ROLES, FAILED, MATH_ROLES, SUCCEEDED, TRAIN, missing_x_test_episode, record  # type: ignore
 
 from mappa_envs.coach import Coach, RuleCoach
+from mappa_envs.pipelines.math_common import MathAnswer
 from mappa_envs.records import FileInfo, ToolResult
 
 ALL_DE = [*TRAIN, FileInfo("X_train.pkl", 1), FileInfo("y_train.pkl", 1), FileInfo("X_test.pkl", 1)]
@@ -119,18 +121,29 @@ def test_boxed_answer_format_for_roles_told_to_box(answer: str, rule: str) -> No
 def test_a_stated_answer_counts_when_the_format_accepts_statements() -> None:
     """With the env's ``answer_format="boxed_or_statement"`` the coach pays the format the grader accepts."""
     stated = record("verifier", 2, "The answer is 45.", env_id="math-chat-v0")
-    strict, lenient = RuleCoach(), RuleCoach(answer_format="boxed_or_statement")
-    [a], [b] = strict.judge([stated], MATH_ROLES), lenient.judge([stated], MATH_ROLES)
+    lenient_roles = {
+        **MATH_ROLES,
+        "verifier": replace(MATH_ROLES["verifier"], answer=MathAnswer("boxed_or_statement")),
+    }
+    strict, lenient = RuleCoach(), RuleCoach()
+    [a], [b] = strict.judge([stated], MATH_ROLES), lenient.judge([stated], lenient_roles)
     assert "no_boxed_answer" in rules_of(strict) and "answer_stated" in rules_of(lenient)
     assert b.score - a.score == 3.0
-    lenient.judge([record("verifier", 2, "It is 45, I think.", env_id="math-chat-v0")], MATH_ROLES)
+    lenient.judge([record("verifier", 2, "It is 45, I think.", env_id="math-chat-v0")], lenient_roles)
     assert "no_answer_stated" in rules_of(lenient)  # same -2, named for what the coach looked for
 
 
-def test_boxed_roles_can_be_given_explicitly() -> None:
-    coach = RuleCoach(boxed_roles={"solver"})
-    coach.judge([record("solver", 0, "42", env_id="math-chat-v0")], MATH_ROLES)
+def test_answer_roles_restrict_the_format_rule_and_the_old_kwargs_say_where_the_setting_went() -> None:
+    roles = {**MATH_ROLES, "solver": replace(MATH_ROLES["solver"], answer=MathAnswer("boxed"))}
+    coach = RuleCoach()
+    coach.judge([record("solver", 0, "42", env_id="math-chat-v0")], roles)
     assert "no_boxed_answer" in rules_of(coach)
+    only_verifier = RuleCoach(answer_roles={"verifier"})
+    only_verifier.judge([record("solver", 0, "42", env_id="math-chat-v0")], roles)
+    assert "no_boxed_answer" not in rules_of(only_verifier)
+    for old in ({"answer_format": "boxed_or_statement"}, {"boxed_roles": {"solver"}}):
+        with pytest.raises(ValueError, match="env_kwargs.answer_format"):
+            RuleCoach(**old)
 
 
 def test_outcome_goes_to_the_final_role_online() -> None:
@@ -245,7 +258,7 @@ def _math_episode(solver: str, coder: str, verifier: str, expected: str, success
 
 def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
     """The per-agent credit an LLM coach gives: the right upstream answer is rewarded even when the team fails."""
-    from mappa_envs.pipelines.math_chat import CODER, SOLVER, VERIFIER
+    from mappa_envs.pipelines.math_chat import CODER, SOLVER, SPEC, VERIFIER
 
     roles = {r.name: r for r in (SOLVER, CODER, VERIFIER)}
     ep = _math_episode(
@@ -253,8 +266,10 @@ def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
     )
     ep[1].tool_results = [ToolResult("print(5 + 3)", "8")]
     plain = RuleCoach(hindsight=True).judge(ep, roles)
-    checking = RuleCoach(hindsight=True, check_answers=True, answer_format="boxed_or_statement")
-    solver, coder, verifier = checking.judge(ep, roles)
+    lenient = SPEC.with_answer_format(MathAnswer("boxed_or_statement"))
+    lenient_roles = {r.name: r for r in lenient.roles}
+    checking = RuleCoach(hindsight=True, check_answers=True)
+    solver, coder, verifier = checking.judge(ep, lenient_roles)
     assert "answer_correct" in rules_of(checking, 0) and "answer_wrong" in rules_of(checking, 1)
     assert solver.score == plain[0].score + 2
     assert (
@@ -263,13 +278,13 @@ def test_check_answers_credits_a_right_solver_behind_a_wrong_verifier() -> None:
     assert verifier.score == plain[2].score  # the final role is graded by the outcome, not twice
     assert "8, expected 7" in coder.rationale
 
-    boxed_only = RuleCoach(hindsight=True, check_answers=True)  # answer_format="boxed", the default
+    boxed_only = RuleCoach(hindsight=True, check_answers=True)  # the pipeline's default format, "boxed"
     boxed_only.judge(ep, roles)
     assert "answer_correct" in rules_of(boxed_only, 0)
     assert not rules_of(boxed_only, 1) & {"answer_correct", "answer_wrong"}  # "the answer is 8" is not boxed
 
     ep = _math_episode("I am not sure.", "```python\nprint(5+2)\n```", "\\boxed{7}", "7", success=True)
-    checking.judge(ep, roles)
+    checking.judge(ep, lenient_roles)
     assert not rules_of(checking, 0) & {
         "answer_correct",
         "answer_wrong",
@@ -284,7 +299,7 @@ def test_check_answers_needs_hindsight_and_a_known_format() -> None:
     with pytest.raises(ValueError, match="needs hindsight=True"):
         RuleCoach(check_answers=True)
     with pytest.raises(ValueError, match="answer_format"):
-        RuleCoach(hindsight=True, check_answers=True, answer_format="latex")
+        MathAnswer("latex")
 
 
 def test_require_output_pays_no_clean_run_bonus_for_silent_code() -> None:
@@ -336,3 +351,65 @@ def test_penalize_repetition_marks_a_reply_that_says_one_sentence_over_and_over(
     ):
         strict.judge([record("solver", 0, fine, env_id="math-chat-v0")], MATH_ROLES)
         assert "repeated_sentence" not in rules_of(strict), fine
+
+
+# ------------------------------------------------------------------------------ what pipelines declare
+
+
+def test_no_coach_module_imports_a_grader() -> None:
+    """Domain knowledge comes from the pipeline's roles (Role.answer), never from a grader import or \\boxed sniffing."""
+    import ast
+    from pathlib import Path
+
+    import mappa_envs.coach
+
+    for path in Path(mappa_envs.coach.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [
+            n.module if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in (n.names if isinstance(n, ast.Import) else [n])
+        ]
+        assert not [m for m in imported if m and ("grading" in m or "pipelines" in m)], path.name
+        assert "system_prompt" not in path.read_text(), path.name  # no sniffing of prompts
+
+
+def test_a_pipeline_adds_a_rubric_on_a_role() -> None:
+    from mappa_envs.coach.rubrics import Fired
+
+    class NoPlots:
+        name = "no_plots"
+
+        def score(self, record, context):
+            png = [f.name for f in record.files_written() if f.name.endswith(".png")]
+            return [Fired("plot_written", -1.0, ", ".join(png))] if png else []
+
+    roles = {**DS_ROLES, "modeler": replace(DS_ROLES["modeler"], rubrics=(NoPlots(),))}
+    after = [*TRAIN, FileInfo("model.pkl", 10), FileInfo("fig.png", 5)]
+    r = record(
+        "modeler", 1, "x", tool_results=[ToolResult("...", "ok")], after=after, env_id="dsbench-3agent-v2"
+    )
+    [plain], [with_rubric] = RuleCoach().judge([r], DS_ROLES), RuleCoach().judge([r], roles)
+    assert with_rubric.score == plain.score - 1 and "plot_written (fig.png) -1" in with_rubric.rationale
+    with pytest.raises(TypeError, match="score"):
+        replace(DS_ROLES["modeler"], rubrics=(object(),))
+
+
+def test_the_maths_pipelines_declare_answer_format_graded_role_and_the_env_sets_it_once() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from mappa_envs.pipelines import math_chat, math_debate
+
+    spec = math_chat.raw_env(answer_format="boxed_or_statement", kernel_pool=0).spec
+    assert {r.name: r.answer.name for r in spec.roles} == dict.fromkeys(
+        ("solver", "coder", "verifier"), "boxed_or_statement"
+    )
+    assert [r.name for r in spec.roles if r.graded] == ["verifier"]
+    debate = math_debate.make_spec(2, 1, "boxed")
+    assert [r.name for r in debate.roles if r.graded] == ["judge"] and all(r.answer for r in debate.roles)
+    for path in sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")):
+        coach_kwargs = (yaml.safe_load(path.read_text()).get("env_kwargs") or {}).get("coach_kwargs") or {}
+        assert "answer_format" not in coach_kwargs, path.name  # once, on the env

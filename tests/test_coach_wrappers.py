@@ -126,7 +126,8 @@ def test_online_rewards_arrive_at_the_next_last_and_replace_the_outcome() -> Non
     assert seen["coder"] == [0.0, pytest.approx(s[1]), pytest.approx(s[2])]
     assert seen["verifier"] == [0.0, pytest.approx(s[3])]
     assert env.unwrapped.outcome["reward"] == 0.0  # the bare env paid 0, the coach pays something else
-    assert records[1].judgement.score == 2.0  # 5 - 3 (NameError): the coder's own crash, judged at once
+    # 5 - 3 (NameError), capped at 0 since v2: the coder's own crash moved nothing on (no_progress), judged at once
+    assert records[1].judgement.score == 0.0 and "no_progress" in records[1].judgement.rationale
     env.close()
 
 
@@ -572,7 +573,9 @@ def test_make_passes_coach_kwargs_to_the_rule_coach() -> None:
     """``coach_kwargs`` reach the rule coach: a right solver behind a wrong verifier earns answer_correct."""
     team = {"solver": ["\\boxed{12}"], "coder": ["No code needed."], "verifier": ["The answer is 11."]}
     plain = mappa_envs.make("math-chat", **FAST)
-    kwargs = {"check_answers": True, "answer_format": "boxed_or_statement"}
+    kwargs = {
+        "check_answers": True
+    }  # the answer format is the env's, set once: the coach reads it from the roles
     checking = mappa_envs.make("math-chat", answer_format="boxed_or_statement", coach_kwargs=kwargs, **FAST)
     try:
         before, after = play(plain, team), play(checking, team)
@@ -588,8 +591,9 @@ def test_make_passes_coach_kwargs_to_the_rule_coach() -> None:
 def test_make_passes_require_output_to_the_rule_coach() -> None:
     """Through a real kernel: a coder cell that prints nothing earns code_silent, not code_clean, when asked."""
     team = {**RIGHT, "coder": ["```python\nx = 7 + 5\n```", "It computed 12: \\boxed{12}"]}
-    lenient = mappa_envs.make("math-chat", **FAST)
-    strict = mappa_envs.make("math-chat", coach_kwargs={"require_output": True}, **FAST)
+    # on -v1 (since v2 a silent turn that ends nothing scores 0 either way: no_progress)
+    lenient = mappa_envs.make("math-chat-v1", **FAST)
+    strict = mappa_envs.make("math-chat-v1", coach_kwargs={"require_output": True}, **FAST)
     try:
         before, after = play(lenient, team), play(strict, team)
         # hindsight: the coder's two actions are paid together at the end; +2 clean -> -1 silent

@@ -3,7 +3,8 @@
 - :class:`Coach` — the protocol (``judge`` / ``ajudge`` over a batch of records).
 - :class:`OpenAICoach` — any OpenAI-compatible endpoint; needs the ``openai`` package (``pip install
   'mappa-rl[coach]'``), imported only when used.
-- :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame).
+- :class:`RuleCoach` — deterministic, offline rules (online or hindsight blame), built from :class:`Rubric`
+  objects (:mod:`mappa_envs.coach.rubrics`); a pipeline adds one with ``Role(rubrics=...)``.
 - :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
 - :class:`SimpleCoach` / :func:`coach_from` — your own coach from one method or one function.
 - :class:`CalibratedCoach` — any coach with its per-tag bias removed as training goes (``"calibrated:<coach>"``).
@@ -25,6 +26,7 @@ from mappa_envs.coach.calibrated import CalibratedCoach
 from mappa_envs.coach.monitor import BiasMonitor, CoachBiasWarning
 from mappa_envs.coach.parse import CoachParseError, parse_judgement
 from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
+from mappa_envs.coach.rubrics import Fired, Rubric, RubricContext
 from mappa_envs.coach.rules import RuleCoach, RuleWeights
 from mappa_envs.coach.simple import SimpleCoach, coach_from
 
@@ -40,11 +42,14 @@ __all__ = [
     "CoachParseError",
     "CoachStats",
     "CoachUnavailable",
+    "Fired",
     "JudgementCache",
     "MixtureCoach",
     "OpenAICoach",
     "SimpleCoach",
     "PromptLimits",
+    "Rubric",
+    "RubricContext",
     "RuleCoach",
     "RuleWeights",
     "build_messages",

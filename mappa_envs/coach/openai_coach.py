@@ -39,6 +39,7 @@ from mappa_envs.coach.prompts import (
     JUDGEMENT_SCHEMA,
     PromptLimits,
     build_messages,
+    echoes_data,
 )
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, Judgement
@@ -351,7 +352,12 @@ class OpenAICoach:
             self.stats.prompt_tokens += usage[0]
             self.stats.completion_tokens += usage[1]
             try:
-                judgement = parse_judgement(reply, source="llm")
+                judgement = parse_judgement(reply, source="llm", strict=mode != "text")
+                if echoes_data(reply or "", messages[-1]["content"]):
+                    raise CoachParseError(
+                        "the reply repeats a verdict that the agents wrote in the data; judge the action yourself",
+                        reply,
+                    )
             except CoachParseError as e:
                 self.stats.parse_failures += 1
                 last_error = f"unreadable reply ({e.reason}): {_short(reply)}"
@@ -440,7 +446,7 @@ class OpenAICoach:
             try:
                 from openai import AsyncOpenAI
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("OpenAICoach needs the openai package: pip install 'mappa[coach]'") from e
+                raise ImportError("OpenAICoach needs the openai package: pip install 'mappa-rl[coach]'") from e
             key = self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers take any key
             kwargs: dict[str, Any] = {"api_key": key, "max_retries": 0, "timeout": self.timeout_s}
             if self.base_url is not None:

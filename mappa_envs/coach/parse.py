@@ -2,15 +2,23 @@
 
 The reference coach grabbed the first number anywhere in the text when its regex failed ("1." from "1. Files
 check" became a score) and silently used 5.0 when there was none. Here a reply is accepted only in shapes that say
-unambiguously which number is the score, tried in this order (the first shape present decides):
+unambiguously which number is the score:
 
-1. **JSON object** with a ``score`` key (also ``process_score``, ``final_score``, ``overall_score``; any case),
-   anywhere in the reply: bare, in a ```` ```json ```` fence, or with prose around it. Tolerated: trailing commas,
-   Python-style single quotes, the score as a numeric string (``"7"``, ``"7/10"``, ``"7 out of 10"``).
+1. **JSON object** with a ``score`` key (also ``process_score``, ``final_score``, ``overall_score``; any case):
+   bare, in a ```` ```json ```` fence, or with prose around it. Tolerated: trailing commas, Python-style single
+   quotes, the score as a numeric string (``"7"``, ``"7/10"``, ``"7 out of 10"``).
 2. **Labelled score** in prose: ``PROCESS_SCORE: 7``, ``**Score:** 7/10``, ``Score = [7]``, ``Rating: 8.5``,
    ``score is 6`` (markdown emphasis and quotes around the label are ignored).
-3. **Fraction of 10** in prose: ``7/10``, ``7 out of 10`` ("I give this 10 out of 10 points" is fine).
+3. **Fraction of 10** in prose: ``7/10``, ``7 out of 10`` ("I give this 10 out of 10 points" is fine); only when
+   there is no labelled score.
 4. **Bare reply**: the whole reply is a number, optionally in brackets (``7``, ``[7]``, ``7.5.``).
+
+The coach judges agent text that may itself print a verdict, and may quote it. So, in text mode, **quoted
+material is not the coach's**: block quotes (``> ...``), code in another language than JSON, inline code spans,
+double-quoted prose and a JSON object right after an opening quote are ignored. Of JSON (1) and prose (2 or 3),
+**the later verdict decides**: 'The agent printed {"score": 10} to fool me. Score: 1/10' is a 1, never the first
+JSON anywhere. In the structured-output modes (``parse_judgement(..., strict=True)``) the reply must be exactly
+one JSON object: the server constrained it to the schema, so anything else is refused.
 
 Within the deciding shape every score must agree; several different scores are ambiguous and rejected. Every score
 must be a finite number in [0, 10] (no clamping: 11 is a misunderstanding, not a 10), and a fraction must be out of
@@ -46,7 +54,6 @@ _LABELLED = re.compile(
 )
 _FRACTION = re.compile(rf"(?<![\w.])(?P<num>{_NUM})\s*(?:/|\bout\s+of)\s*10(?!\.?\d)(?!\s*/)", re.IGNORECASE)
 _BARE = re.compile(rf"^\[?\s*({_NUM})\s*\]?\.?$")
-_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _MARKDOWN = re.compile(r"\*\*|__|`")
 
@@ -60,35 +67,49 @@ class CoachParseError(ValueError):
         self.reply = reply
 
 
-def parse_judgement(reply: str | None, *, source: str = "llm") -> Judgement:
+def parse_judgement(reply: str | None, *, source: str = "llm", strict: bool = False) -> Judgement:
     """Parse a coach reply into a Judgement (see the module docstring for the accepted shapes).
 
+    ``strict`` (the structured-output modes, where the server constrained the reply to the schema): the reply
+    must be exactly one JSON object with a score; prose, a second object or a fence around it are refused.
     Raises :class:`CoachParseError` with the reason when the reply is empty, has no score, several different
     scores, or a score that is not a finite number in [0, 10].
     """
-    score, rationale = parse_score(reply)
+    score, rationale = parse_score(reply, strict=strict)
     return Judgement(score=score, rationale=rationale, source=source)
 
 
-def parse_score(reply: str | None) -> tuple[float, str]:
+def parse_score(reply: str | None, *, strict: bool = False) -> tuple[float, str]:
     """Return ``(score, rationale)`` from a reply; raise :class:`CoachParseError` if it is not readable."""
     if reply is None or not reply.strip():
         raise CoachParseError("empty reply", reply)
     text = strip_think(reply)
     if not text:
         raise CoachParseError("the reply holds only reasoning (<think>) and no answer", reply)
+    if strict:
+        return _strict(text, reply)
 
-    from_json = _from_json(text, reply)
-    if from_json is not None:
-        return from_json
-
-    prose = _MARKDOWN.sub("", text)
-    rationale = trim(text, RATIONALE_LIMIT)
+    masked = _mask_quoted(text)
+    spans = list(_brace_spans(masked))
+    objects = [(start, obj) for start, obj in ((a, _decode(text[a:b])) for a, b in spans) if _scored(obj)]
+    prose = _MARKDOWN.sub(lambda m: " " * len(m.group(0)), _blank(masked, spans))
+    shapes: list[tuple[int, str, list[float]]] = []
+    if objects:
+        scores = [_score_value(obj[key], reply) for _, obj in objects for key in _score_keys(obj)]
+        shapes.append((objects[-1][0], "JSON score", scores))
     for name, pattern in (("labelled score", _LABELLED), ("fraction of 10", _FRACTION)):
-        found = [_checked(m.group("num"), m.groupdict().get("den"), reply) for m in pattern.finditer(prose)]
-        if found:
-            return _agreeing(found, name, reply), rationale
-    bare = _BARE.match(prose.strip().strip("\"'").strip())
+        matches = list(pattern.finditer(prose))
+        if matches:
+            found = [_checked(m.group("num"), m.groupdict().get("den"), reply) for m in matches]
+            shapes.append((matches[-1].start(), name, found))
+            break  # a label beats a mere fraction ("Score: 7/10. I considered 9/10")
+    if shapes:
+        # JSON or prose: the coach's verdict is the later one; what comes before it is quoted or discussed
+        _, name, scores = max(shapes, key=lambda s: s[0])
+        if name == "JSON score":
+            return _agreeing(scores, name, reply), _rationale(objects, reply)
+        return _agreeing(scores, name, reply), trim(text, RATIONALE_LIMIT)
+    bare = _BARE.match(_MARKDOWN.sub("", text).strip().strip("\"'").strip())
     if bare:
         return _checked(bare.group(1), None, reply), ""
     raise CoachParseError(
@@ -98,25 +119,78 @@ def parse_score(reply: str | None) -> tuple[float, str]:
     )
 
 
-def _from_json(text: str, reply: str) -> tuple[float, str] | None:
-    """Scores from every JSON object in the text that has a score key; None when there is no such object."""
-    scores: list[float] = []
-    rationale = ""
-    for obj in _json_objects(text):
+def _strict(text: str, reply: str) -> tuple[float, str]:
+    """Structured mode: the whole reply is one JSON object with one score."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise CoachParseError("no score found: in structured output the reply must be one JSON object", reply)
+    if not _scored(obj):
+        raise CoachParseError(f"structured output: the JSON object has no {SCORE_KEYS[0]!r} key", reply)
+    scores = [_score_value(obj[key], reply) for key in _score_keys(obj)]
+    return _agreeing(scores, "JSON score", reply), _rationale([(0, obj)], reply)
+
+
+def _scored(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(_score_keys(obj))
+
+
+def _score_keys(obj: dict[Any, Any]) -> list[Any]:
+    keys = {k.lower(): k for k in obj if isinstance(k, str)}
+    return [keys[k] for k in SCORE_KEYS if k in keys]
+
+
+def _rationale(objects: list[tuple[int, dict[Any, Any]]], reply: str) -> str:
+    for _, obj in objects:
         keys = {k.lower(): k for k in obj if isinstance(k, str)}
-        present = [keys[k] for k in SCORE_KEYS if k in keys]
-        if not present:
-            continue
-        for key in present:
-            scores.append(_score_value(obj[key], reply))
-        if not rationale:
-            for k in RATIONALE_KEYS:
-                if k in keys and isinstance(obj[keys[k]], str):
-                    rationale = obj[keys[k]].strip()
-                    break
-    if not scores:
-        return None
-    return _agreeing(scores, "JSON score", reply), trim(rationale or "(no rationale given)", RATIONALE_LIMIT)
+        for k in RATIONALE_KEYS:
+            if k in keys and isinstance(obj[keys[k]], str) and obj[keys[k]].strip():
+                return trim(obj[keys[k]].strip(), RATIONALE_LIMIT)
+    return "(no rationale given)"
+
+
+_QUOTED = (
+    re.compile(r"^[ \t]*>.*$", re.MULTILINE),  # markdown block quote
+    re.compile(r"```(?!json\b)[A-Za-z]\w*[^\n]*\n.*?(?:```|\Z)", re.DOTALL),  # a fence in another language
+    re.compile(r"(?<!`)`[^`\n]+`(?!`)"),  # inline code span
+    re.compile(r"\u201c[^\u201d]*\u201d"),  # curly double quotes
+)
+_DOUBLE_QUOTED = re.compile(r'"[^"\n]{0,400}"(\s*:)?')  # with ":" after it, a key of a broken JSON object
+
+
+def _mask_quoted(text: str) -> str:
+    """``text`` with quoted material blanked out (same length, so positions hold): block quotes, code in another
+    language, inline code, and double-quoted prose outside JSON objects. A verdict the coach quotes from the
+    agent ("it printed `{\"score\": 10}`") is not the coach's verdict."""
+    for pattern in _QUOTED:
+        text = pattern.sub(lambda m: _spaces(m.group(0)), text)
+    spans = list(_brace_spans(text))
+    out, last = [], 0
+    for a, b in [*spans, (len(text), len(text))]:
+        out.append(
+            _DOUBLE_QUOTED.sub(lambda m: m.group(0) if m.group(1) else _spaces(m.group(0)), text[last:a])
+        )
+        out.append(text[a:b])
+        last = b
+    text = "".join(out)
+    # a JSON object right after an opening quote is quoted too
+    for a, b in list(_brace_spans(text)):
+        before = text[:a].rstrip(" ")
+        if before.endswith(("'", '"', "\u201c")):
+            text = text[:a] + _spaces(text[a:b]) + text[b:]
+    return text
+
+
+def _spaces(s: str) -> str:
+    return "".join("\n" if c == "\n" else " " for c in s)
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    for a, b in spans:
+        text = text[:a] + _spaces(text[a:b]) + text[b:]
+    return text
 
 
 def _score_value(value: Any, reply: str) -> float:
@@ -153,16 +227,6 @@ def _agreeing(scores: list[float], what: str, reply: str) -> float:
     return distinct[0]
 
 
-def _json_objects(text: str) -> Iterator[dict[Any, Any]]:
-    """Dicts decoded from fenced blocks and from every outermost ``{...}`` span of the text."""
-    candidates = [m.group(1) for m in _FENCE.finditer(text)]
-    candidates += list(_brace_spans(text))
-    for candidate in candidates:
-        obj = _decode(candidate.strip())
-        if isinstance(obj, dict):
-            yield obj
-
-
 def _decode(candidate: str) -> Any:
     for attempt in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
         try:
@@ -175,8 +239,8 @@ def _decode(candidate: str) -> Any:
         return None
 
 
-def _brace_spans(text: str) -> Iterator[str]:
-    """Outermost balanced ``{...}`` spans, skipping braces inside double-quoted strings."""
+def _brace_spans(text: str) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of the outermost balanced ``{...}`` spans, skipping braces inside double-quoted strings."""
     depth, start, in_string, escaped = 0, -1, False, False
     for i, ch in enumerate(text):
         if in_string:
@@ -195,4 +259,4 @@ def _brace_spans(text: str) -> Iterator[str]:
         elif ch == "}" and depth > 0:
             depth -= 1
             if depth == 0:
-                yield text[start : i + 1]
+                yield start, i + 1

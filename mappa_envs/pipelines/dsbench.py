@@ -42,7 +42,9 @@ real DSBench checkout, lay each task out as ``description.md``, ``train.csv``, `
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 * v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
   every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
-  agent's earlier turns (a coder's code-running turn) were trained on 0.
+  agent's earlier turns (a coder's code-running turn) were trained on 0. The rules coach pays for progress: a
+  code turn that does not end a role's part and moves nothing on scores 0 (``no_progress``), an empty file is not a
+  saved artifact, removing another role's file costs ``removed_artifact`` and its blame (docs/COACH.md).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ ANALYST = Role(
         "A good Analyst action produces a valid submission.csv in the required format (ids, header, row count, "
         "labels or probabilities as the metric needs) from the upstream model; only this file is graded."
     ),
+    graded=True,
 )
 
 

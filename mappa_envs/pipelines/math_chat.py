@@ -36,7 +36,9 @@ verifier wrote no ``\boxed{}``.
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 * v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
   every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
-  agent's earlier turns (a coder's code-running turn) were trained on 0.
+  agent's earlier turns (a coder's code-running turn) were trained on 0. The rules coach pays for progress: a
+  code turn that does not end a role's part and moves nothing on scores 0 (``no_progress``), an empty file is not a
+  saved artifact, removing another role's file costs ``removed_artifact`` and its blame (docs/COACH.md).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
-from mappa_envs.pipelines.math_common import grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
 
 TEAM = "a team of three agents (Problem Solver → Code Executor → Verifier)"
 
@@ -63,6 +65,7 @@ SOLVER = Role(
         "A good Problem Solver action sets up the problem correctly, reasons step by step without arithmetic "
         "slips, and states one clear answer in \\boxed{}."
     ),
+    answer=MathAnswer("boxed"),
 )
 CODER = Role(
     name="coder",
@@ -78,6 +81,7 @@ CODER = Role(
         "A good Code Executor action writes correct Python that computes or checks the answer, prints the "
         "result, fixes its own errors, and reports the computed answer clearly."
     ),
+    answer=MathAnswer("boxed"),
 )
 VERIFIER = Role(
     name="verifier",
@@ -92,6 +96,8 @@ VERIFIER = Role(
         "A good Verifier action weighs the earlier work, catches errors, and ends with exactly one final answer "
         "in \\boxed{}; the team is judged on that answer alone."
     ),
+    answer=MathAnswer("boxed"),
+    graded=True,
 )
 
 SPEC = PipelineSpec(
@@ -115,7 +121,10 @@ def raw_env(version: int = LATEST_VERSION, answer_format: str = "boxed", **kwarg
     spec = (
         SPEC
         if answer_format == "boxed"
-        else dataclasses.replace(SPEC, grade=grade_last_role("verifier", answer_format))
+        else dataclasses.replace(
+            SPEC.with_answer_format(MathAnswer(answer_format)),
+            grade=grade_last_role("verifier", answer_format),
+        )
     )
     versioned("math-chat", version, kwargs)
     return PipelineEnv(spec, **kwargs)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mappa_envs.grading.math import ANSWER_FORMATS, grade_math
+from mappa_envs.grading.math import ANSWER_FORMATS, extract_boxed, extract_statement, grade_math
 from mappa_envs.records import ActionRecord
 from mappa_envs.tasks import Task
 
@@ -30,3 +31,36 @@ def grade_last_role(final_role: str, answer_format: str = "boxed"):
         return grade_math(reply, task.answer or "", answer_format=answer_format)
 
     return grade
+
+
+@dataclass(frozen=True)
+class MathAnswer:
+    """A maths role's answer format (a :class:`~mappa_envs.pipeline.AnswerFormat`), read as the grader reads it.
+
+    ``"boxed"``: the last ``\\boxed{}``; ``"boxed_or_statement"``: also a final "the answer is N". The pipeline
+    puts it on its roles, so the rules coach pays the format the grader accepts without importing the grader.
+    """
+
+    name: str = "boxed"
+
+    def __post_init__(self) -> None:
+        if self.name not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.name!r}")
+
+    @property
+    def present_rule(self) -> str:
+        return "answer_boxed" if self.name == "boxed" else "answer_stated"
+
+    @property
+    def absent_rule(self) -> str:
+        return "no_boxed_answer" if self.name == "boxed" else "no_answer_stated"
+
+    def extract(self, text: str) -> str | None:
+        boxed = extract_boxed(text)
+        if boxed:
+            return boxed
+        return extract_statement(text) if self.name == "boxed_or_statement" else None
+
+    def check(self, text: str, expected: str) -> bool | None:
+        graded = grade_math(text, expected, self.name)
+        return None if graded["answer"] is None else bool(graded["correct"])

@@ -30,7 +30,9 @@ The bare env pays 1 to every agent at the end when the last ``\boxed{}`` of the 
   (``close_fences=True``); v0 showed the open fence, and the next agent tended to close it and copy the prompt.
 * v2: ``make(reward="outcome")`` (and the outcome part of a mixture) pays the graded outcome to every action of
   every agent, as the MAPPA paper's baseline does; v0 and v1 booked it on each agent's last action only, so an
-  agent's earlier turns (a coder's code-running turn) were trained on 0.
+  agent's earlier turns (a coder's code-running turn) were trained on 0. The rules coach pays for progress: a
+  code turn that does not end a role's part and moves nothing on scores 0 (``no_progress``), an empty file is not a
+  saved artifact, removing another role's file costs ``removed_artifact`` and its blame (docs/COACH.md).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, debate, versioned
-from mappa_envs.pipelines.math_common import grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
 
 
 def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") -> PipelineSpec:
@@ -48,6 +50,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
     if debaters < 2:
         raise ValueError(f"a debate needs at least 2 debaters, got {debaters}")
     team = f"a debate of {debaters} agents over {rounds} round(s), decided by a Judge"
+    answer = MathAnswer(answer_format)
     debater_roles = tuple(
         Role(
             name=f"debater_{i}",
@@ -62,6 +65,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
                 "A good debater action gives a correct, checkable argument, engages with the other debaters' "
                 "previous answers, and ends with one answer in \\boxed{}."
             ),
+            answer=answer,
         )
         for i in range(debaters)
     )
@@ -74,6 +78,8 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
         ),
         visibility="all_rounds",
         rubric="A good Judge action weighs the arguments on their merits and ends with one final answer in \\boxed{}.",
+        answer=answer,
+        graded=True,
     )
     return PipelineSpec(
         name="math-debate",
