@@ -1,4 +1,4 @@
-"""``mappa`` command line: ``envs`` and ``play`` (from mappa_envs), ``train`` and ``eval`` (the trainer)."""
+"""``mappa`` command line: ``envs`` and ``play`` (from mappa_envs), ``train``, ``eval`` and ``bench`` (the trainer)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ examples:
   mappa eval --checkpoint runs/try          the latest checkpoint, with the settings it was trained with
   mappa eval --checkpoint runs/try/checkpoints/step-000004 --log        add it to runs/try's metrics
   mappa play math-chat --team model --checkpoint runs/try
+  mappa bench bench/suites/tiny.yaml        an arm x seed grid and its leaderboard (resumable)
   accelerate launch --num_processes 2 -m mappa_train.cli train --config ...    data-parallel update
 
 A run keeps its last two checkpoints (runs/try/checkpoints/step-N); "mappa eval" lists them when asked for
@@ -250,14 +251,34 @@ env_cli.TEAMS["model"] = model_team
 env_cli.TEAM_ENVS["model"] = model_env
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mappa_train.benchmark import Suite, report, run_grid
+
+    suite = Suite.load(args.suite)
+    out = Path(args.out or Path("runs") / "bench" / suite.name)
+    arms = [a for a in args.arms.split(",") if a] if args.arms else None
+    seeds = list(range(args.seeds)) if args.seeds is not None else None
+    grid = suite.runs(arms, seeds)
+    if args.dry_run:
+        for run in grid:
+            print(f"{out / run.folder}: {json.dumps(run.overrides)}")
+        return 0
+    folders = [out / run.folder for run in grid] if args.report_only else run_grid(suite, out, arms, seeds)
+    path = report(suite, out, folders)
+    print(path.read_text().split("## Per evaluation")[0].rstrip())
+    print(f"\nleaderboard: {path} (plots beside it)")
+    return 0
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story (what is wrong and what to do): printed without a traceback."""
+    from mappa_train.benchmark import SuiteError
     from mappa_train.checkpoint import CheckpointError
     from mappa_train.rundir import RunFolderError
     from mappa_train.runlog import RunLogError
     from mappa_train.validation import ConfigError
 
-    return (ConfigError, CheckpointError, RunFolderError, RunLogError)
+    return (ConfigError, CheckpointError, RunFolderError, RunLogError, SuiteError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides of config fields, e.g. eval_episodes=4")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "bench",
+        help="run an algorithm x seed grid on a suite and write a leaderboard",
+        description=textwrap.fill(
+            "Train every arm of a suite (a YAML file: base config, budget, seeds, baseline, arms as config "
+            "overrides; see bench/suites/) at every seed, one run at a time, into OUT/<arm>-seed<N>. Finished "
+            "runs are kept and killed ones resumed, so the same command completes a half-done grid. Ends with "
+            "OUT/leaderboard.md: final held-out success per arm (mean, 95% interval), the paired difference from "
+            "the baseline, rollouts to reach the baseline's final success, minutes per seed, and plots.",
+            width=100,
+        ),
+        **common,
+    )
+    p.add_argument("suite", help="the suite file, e.g. bench/suites/math-one-step.yaml")
+    p.add_argument("--out", help="grid folder (default: runs/bench/<suite name>)")
+    p.add_argument("--arms", help="comma-separated arms to run (default: all of the suite's)")
+    p.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the suite's seeds")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their overrides; train nothing")
+    p.add_argument(
+        "--report-only", action="store_true", help="write the leaderboard from the runs there; train nothing"
+    )
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
