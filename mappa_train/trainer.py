@@ -210,6 +210,7 @@ class Trainer:
             idx = [i for i, s in enumerate(samples) if s.role == role]
             role_stats = update_role(self.policy, self.optimizers[role], role, samples, prepared, idx, c)
             stats.update({f"{k}/{role}": v for k, v in role_stats.items()})
+        self.policy.on_update()  # a sampler with its own copy of the weights (served, engine) syncs here
         return stats
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
