@@ -38,9 +38,17 @@ class TrainConfig:
     top_p: float = 1.0
     eval_temperature: float = 0.0  # 0 = greedy decoding on held-out tasks
     # algorithm
-    algorithm: str = "reinforce_pp"  # "reinforce_pp", "outcome_only", "grpo"
+    # the estimator, by its registered name (mappa_train.algorithms): "reinforce_pp", "reinforce_pp_baseline"
+    # (group mean/std baseline, then REINFORCE++; what "grpo" meant before), "grpo" (per-agent GRPO, group_size >= 2)
+    algorithm: str = "reinforce_pp"
+    group_size: int = (
+        1  # replies per task per step: each drawn task is played group_size times (grpo needs >= 2)
+    )
     loss: str = "ppo"  # "ppo" (clipped surrogate) or "reinforce"
-    kl_beta: float = 0.01  # per-token KL penalty folded into the reward (REINFORCE++)
+    kl_beta: float = 0.01  # per-token KL coefficient
+    kl_in: str = (
+        "reward"  # "reward": k1 KL folded into the reward (REINFORCE++); "loss": beta * k3 in the loss
+    )
     # the "old" log-probs of the PPO ratio and the KL term: "recompute" = one no-grad forward of the scorer before
     # the update, so the first step's KL is exactly 0 and constant rewards move nothing; "sampler" = those taken
     # while sampling (no extra forward, but KV-cached sampling differs from scoring by float noise, which AdamW
@@ -102,7 +110,8 @@ class TrainConfig:
         choices = {
             "reward": ("coach", "outcome"),
             "mode": ("lora", "full"),
-            "algorithm": ("reinforce_pp", "outcome_only", "grpo"),
+            "algorithm": ("reinforce_pp", "reinforce_pp_baseline", "grpo"),
+            "kl_in": ("reward", "loss"),
             "loss": ("ppo", "reinforce"),
             "old_logprobs": ("recompute", "sampler"),
         }
