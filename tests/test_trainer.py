@@ -412,3 +412,28 @@ def test_gradient_checkpointing_config_reaches_the_model():
         policy = build_policy(config, ["solver", "coder"])
         layers = unwrap_model(policy.model).get_decoder().layers
         assert all(layer.gradient_checkpointing is enabled for layer in layers)
+
+
+def test_grpo_with_groups_and_kl_in_the_loss_trains_a_step_and_syncs_the_sampler(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        "algorithm=grpo",
+        "group_size=2",
+        "kl_in=loss",
+        "steps=1",
+        "eval_at_start=false",
+        "eval_episodes=1",
+    )
+    trainer = Trainer(config)
+    synced = []
+    trainer.policy.sampler.on_update = synced.append  # the hook a served / engine sampler reloads weights in
+    trainer.fit()
+    assert synced == [trainer.policy.weights]  # once per optimiser update
+    row = read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert "kl_loss/solver" in row and abs(row["kl_loss/solver"]) < 1e-6  # first step: policy == reference
+    assert all(f"advantage_mean/{r}" in row for r in ("solver", "coder", "verifier"))
+
+
+def test_old_grpo_configs_fail_before_building_anything_and_name_the_rename(tmp_path):
+    with pytest.raises(ValueError, match="reinforce_pp_baseline"):
+        Trainer(tiny_config(tmp_path, "algorithm=grpo"))
