@@ -185,6 +185,12 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baseline-ref", default=None, help="compare this tree's TeamPolicy with REF's and exit")
+    ap.add_argument(
+        "--baseline-arms",
+        default="all",
+        choices=["all", "decode"],
+        help="with --baseline-ref: decode-only and episode arms, or decode-only (no env, minutes less)",
+    )
     args = ap.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 64)
     B = args.episodes
@@ -286,10 +292,11 @@ def compare(
                     d = decode_only(p, prompt, b, max_new, args.seed)
                     key = (f"decode batch {b}", name)
                     best[key] = max(best.get(key, 0.0), d["tok_s"])
-                r = play(p, envs, resets, args.seed)
-                key = (f"{B} lockstep episodes", name)
-                best[key] = max(best.get(key, 0.0), r["tokens"] / r["wall"])
-                same.setdefault(name, r["tokens"])
+                if args.baseline_arms == "all":
+                    r = play(p, envs, resets, args.seed)
+                    key = (f"{B} lockstep episodes", name)
+                    best[key] = max(best.get(key, 0.0), r["tokens"] / r["wall"])
+                    same.setdefault(name, r["tokens"])
     finally:
         for env in envs:
             env.close()
@@ -297,7 +304,9 @@ def compare(
     for arm in dict.fromkeys(k[0] for k in best):
         n, o = best[(arm, "new")], best[(arm, "old")]
         print(f"{arm:<22} {n:>10.1f} {o:>10.1f} {n / o:>8.3f}")
-    print(f"episode tokens identical (same samples drawn): {same['new'] == same['old']}", flush=True)
+    if same:
+        print(f"episode tokens identical (same samples drawn): {same['new'] == same['old']}")
+    sys.stdout.flush()
 
 
 def print_decode(decode: dict, prompt_len: int, max_new: int, B: int) -> None:
