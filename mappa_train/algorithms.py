@@ -509,7 +509,8 @@ def grpo(batch: EstimatorBatch, settings: EstimatorSettings) -> Advantages:
     ACTIONS, one value per action, not over tokens; a group whose rewards are all equal gets exactly 0. For a
     role's first turn the prompts of a group are identical (GRPO proper); at later turns they differ by what
     teammates said (the per-agent, per-turn grouping of AT-GRPO). No discounting, no batch whitening; the KL
-    term belongs in the loss (``kl_in: loss``). ``returns`` are the raw rewards on the last token.
+    term belongs in the loss (``kl_in: loss``). ``returns`` (for the logs): the action's reward at every
+    token (γ = 1, no KL).
     """
     if batch.groups is None:
         raise ValueError("grpo needs the group key of every row")

@@ -172,6 +172,8 @@ def update_role(
     The loss is a token-level sum divided by the number of loss tokens of this role in the whole (global) batch,
     so micro-batching and data-parallel sharding do not change it. Truncated actions carry no loss unless
     ``config.mask_truncated`` is off.
+    With ``config.kl_in == "loss"`` each token also adds ``kl_beta · k3`` against the reference log-probs of
+    ``prepared`` (:func:`~mappa_train.algorithms.policy_loss`), reduced the same way.
     """
     if not indices:
         return {}
