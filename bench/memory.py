@@ -35,6 +35,7 @@ bf16 matmuls on a CPU without AMX/avx512_bf16 are ~4x slower than fp32).
     .venv/bin/python bench/memory.py --quick         # a 45M model, 2 actions x 128 tokens (~1 min)
     .venv/bin/python bench/memory.py --sizes fit --arms a,b --dtype bfloat16
     .venv/bin/python bench/memory.py --sizes smollm2 --arms a,d --actions 2 --tokens 1536  # DSBench-like rows
+    .venv/bin/python bench/memory.py --quick --baseline-ref main   # + each arm with main's TeamPolicy: new/old
 """
 
 from __future__ import annotations
@@ -197,6 +198,11 @@ def child(spec: dict) -> dict:
     from mappa_train.models import build_tiny_tokenizer, prepare_tokenizer
     from mappa_train.policy import TeamPolicy
     from mappa_train.types import Sample
+
+    if spec.get("baseline_ref"):
+        from baseline import policy_class
+
+        TeamPolicy = policy_class(spec["baseline_ref"])  # noqa: N806
     from mappa_train.update import compute_advantages, update_role
 
     device, dtype = spec["device"], getattr(torch, spec["dtype"])
@@ -324,6 +330,11 @@ def main() -> None:
         choices=["fixed", "default"],
         help="CPU: fixed glibc mmap threshold (reproducible peaks; steps ~20%% slower from page faults) or glibc's",
     )
+    ap.add_argument(
+        "--baseline-ref",
+        default=None,
+        help="also run every arm with REF's TeamPolicy (git show REF:mappa_train/policy.py) and print new/old",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -359,6 +370,7 @@ def main() -> None:
     print(f"1-min load average before the bench started: {os.getloadavg()[0]:.2f}")
     busy0, tree0, t0 = system_busy_s(), tree_cpu_s(), time.perf_counter()
     all_rows: list[tuple[Shape, dict[str, dict]]] = []
+    baselines: dict[tuple[str, str], tuple[dict, dict]] = {}
     for size in sizes:
         if size == "1b":
             shape = ONE_B
@@ -390,12 +402,36 @@ def main() -> None:
             }
             results[arm] = run_arm(spec, args.malloc)
             results[arm]["estimate"] = est
+            if args.baseline_ref:
+                baselines[(shape.name, arm)] = (
+                    results[arm],
+                    run_arm({**spec, "baseline_ref": args.baseline_ref}),
+                )
         all_rows.append((shape, results))
         print_table(shape, results, args.quick)
+    if baselines:
+        print_baseline(baselines, args.baseline_ref)
     misses = missed_targets(all_rows)
     print(f"\n{misses} target(s) missed" if misses else "\nall measured targets met")
     if device == "cpu":
         print(foreign_load(busy0, tree0, time.perf_counter() - t0))
+
+
+def print_baseline(pairs: dict[tuple[str, str], tuple[dict, dict]], ref: str) -> None:
+    """New / old net peak memory and step time per (size, arm): 1.00 = unchanged by this tree's changes."""
+    print(f"\n-- before/after: this tree's TeamPolicy vs {ref}'s (same arm, fresh process each)")
+    print(
+        f"{'size':<8} {'arm':<9} {'net GiB new':>11} {'net GiB old':>11} {'mem new/old':>11} {'step new/old':>12}"
+    )
+    for (size, arm), (new, old) in pairs.items():
+        if "net" not in new or "net" not in old:
+            print(f"{size:<8} {ARMS[arm][0]:<9} {new.get('error') or old.get('error')}")
+            continue
+        print(
+            f"{size:<8} {ARMS[arm][0]:<9} {gib(new['net']):>11} {gib(old['net']):>11} "
+            f"{new['net'] / old['net']:>11.3f} {new['step_s'] / old['step_s']:>12.3f}"
+        )
+    sys.stdout.flush()
 
 
 def print_table(shape: Shape, results: dict[str, dict], quick: bool) -> None:

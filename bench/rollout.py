@@ -23,6 +23,11 @@ random test model and says so (its numbers then say nothing about real decoding 
 
     .venv/bin/python bench/rollout.py            # max_new_tokens 64 (~5 min on 2 CPU cores)
     .venv/bin/python bench/rollout.py --quick    # max_new_tokens 16
+    .venv/bin/python bench/rollout.py --quick --baseline-ref main   # this tree's TeamPolicy / main's, one run
+
+``--baseline-ref REF`` runs only the before/after comparison: the same decode-only and lockstep-episode arms with
+this tree's ``TeamPolicy`` and with ``REF``'s (loaded by ``bench/baseline.py``), interleaved, best of 3 each, and
+prints new / old tokens per second (1.00 = unchanged; wall-time noise on a shared 2-core machine is a few %).
 """
 
 from __future__ import annotations
@@ -179,6 +184,13 @@ def main() -> None:
     ap.add_argument("--model", default="embedded", help='"embedded", "tiny" or a local HF path')
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline-ref", default=None, help="compare this tree's TeamPolicy with REF's and exit")
+    ap.add_argument(
+        "--baseline-arms",
+        default="all",
+        choices=["all", "decode"],
+        help="with --baseline-ref: decode-only and episode arms, or decode-only (no env, minutes less)",
+    )
     args = ap.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 64)
     B = args.episodes
@@ -194,13 +206,16 @@ def main() -> None:
             raise
         note = f"NOTE: the embedded model is unavailable ({e}); fell back to the tiny random test model."
         base, tokenizer = load_base("tiny", device=device)
-        model_name = "tiny (fallback)"
+        model_name, args.model = "tiny (fallback)", "tiny"
     roles = ["solver", "coder", "verifier"]
     policy = TeamPolicy(
         base, tokenizer, roles, mode="lora", max_new_tokens=max_new, temperature=args.temperature,
         max_prompt_tokens=1024, seed=args.seed,
     )  # fmt: skip
     n_params = sum(p.numel() for p in base.parameters())
+    if args.baseline_ref:
+        compare(args, policy, roles, max_new, device)
+        return
 
     def make_env() -> TimedEnv:
         return TimedEnv(mappa_envs.make("math-chat", tasks="embedded:train", reward="outcome"))
@@ -244,6 +259,54 @@ def main() -> None:
             env.close()
     print_episodes(lock, seq, B)
     print(contention)
+
+
+def compare(
+    args: argparse.Namespace, policy: TeamPolicy, roles: list[str], max_new: int, device: str
+) -> None:
+    """Before/after: this tree's policy against ``args.baseline_ref``'s on the same arms, interleaved."""
+    from baseline import policy_class
+
+    old_base, tokenizer = load_base(args.model, device=device)
+    old = policy_class(args.baseline_ref)(
+        old_base, tokenizer, roles, mode="lora", max_new_tokens=max_new, temperature=args.temperature,
+        max_prompt_tokens=1024, seed=args.seed,
+    )  # fmt: skip
+    B = args.episodes
+    resets = [{"seed": args.seed + i, "options": {"task_index": i}} for i in range(B)]
+    envs = [
+        TimedEnv(mappa_envs.make("math-chat", tasks="embedded:train", reward="outcome")) for _ in range(B)
+    ]
+    print(f"-- before/after: this tree vs {args.baseline_ref} (same weights, prompts and seeds), best of 3")
+    try:
+        envs[0].reset(**resets[0])
+        prompt = policy.encode_prompt(envs[0].last()[0]["messages"])
+        assert prompt == old.encode_prompt(envs[0].last()[0]["messages"]), "prompting changed"
+        for p in (policy, old):  # warm-up
+            decode_only(p, prompt, B, 4, args.seed)
+        best: dict[tuple[str, str], float] = {}
+        same: dict[str, bool] = {}
+        for _ in range(3):
+            for name, p in (("new", policy), ("old", old)):
+                for b in (1, B):
+                    d = decode_only(p, prompt, b, max_new, args.seed)
+                    key = (f"decode batch {b}", name)
+                    best[key] = max(best.get(key, 0.0), d["tok_s"])
+                if args.baseline_arms == "all":
+                    r = play(p, envs, resets, args.seed)
+                    key = (f"{B} lockstep episodes", name)
+                    best[key] = max(best.get(key, 0.0), r["tokens"] / r["wall"])
+                    same.setdefault(name, r["tokens"])
+    finally:
+        for env in envs:
+            env.close()
+    print(f"{'arm':<22} {'new tok/s':>10} {'old tok/s':>10} {'new/old':>8}")
+    for arm in dict.fromkeys(k[0] for k in best):
+        n, o = best[(arm, "new")], best[(arm, "old")]
+        print(f"{arm:<22} {n:>10.1f} {o:>10.1f} {n / o:>8.3f}")
+    if same:
+        print(f"episode tokens identical (same samples drawn): {same['new'] == same['old']}")
+    sys.stdout.flush()
 
 
 def print_decode(decode: dict, prompt_len: int, max_new: int, B: int) -> None:

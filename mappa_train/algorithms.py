@@ -20,8 +20,15 @@ Which tokens get which reward (REINFORCE++, as OpenRLHF and the MAPPA reference 
 5. ``policy_loss``: PPO-clip (or plain REINFORCE) on ``A_t``, a token-level mean over the global count of
    loss-mask tokens.
 
-Baselines: ``outcome_only_advantages`` (every action gets its episode's outcome; the paper's baseline) and
-``group_baseline_advantages`` (GRPO-style: reward minus the mean reward of the samples answering the same prompt).
+Estimators are registered by name (:func:`register_estimator`, looked up by :func:`get_estimator`; the config's
+``algorithm`` key picks one): ``reinforce_pp`` (the steps above), ``reinforce_pp_baseline`` (each reward minus its
+group's mean, over the group's std, then the steps above: OpenRLHF's REINFORCE++-baseline) and ``grpo`` (per-agent
+GRPO: each reward normalised within its group of replies to the same task by the same role at the same turn, one
+value for every token of the action; needs ``group_size >= 2`` replies per task). The outcome-only baseline is a
+reward choice (the env pays every action the outcome), not an estimator.
+
+KL term: in the reward (``kl_in="reward"``, REINFORCE++: step 2 above) or in the loss (``kl_in="loss"``: ``β·k3``
+per token added to the policy loss, as TRL's and OpenRLHF's GRPO do, see :func:`policy_loss`).
 
 Truncated actions (stopped by ``max_new_tokens``) take part in the advantage statistics, like every sampled action,
 but get zero weight in the loss: ``loss_mask(completion_mask, truncated)`` zeros their whole row (the reference's
@@ -31,7 +38,8 @@ but get zero weight in the loss: ``loss_mask(completion_mask, truncated)`` zeros
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -319,45 +327,6 @@ def reinforce_pp_advantages(
     return Advantages(advantages, returns, shaped, kl)
 
 
-def outcome_only_advantages(
-    outcomes: torch.Tensor,
-    completion_mask: torch.Tensor,
-    logp: torch.Tensor | None = None,
-    ref_logp: torch.Tensor | None = None,
-    roles: Sequence[Hashable] | None = None,
-    *,
-    beta: float = 0.01,
-    gamma: float = 1.0,
-    kl_kind: KLKind = "k1",
-    per_role: bool = True,
-    std_norm: bool = True,
-    std_floor: float = 0.0,
-) -> Advantages:
-    """The paper's outcome-only baseline: every action of an episode gets the episode's outcome as its reward.
-
-    ``outcomes`` ``[B]`` is each row's ``Sample.outcome_reward`` (the graded outcome of the episode the action
-    belongs to, identical for all actions of one episode); the rest is :func:`reinforce_pp_advantages`.
-
-    At 0% team success every outcome is 0, so every return is ``−β·Σ KL``; while the policy still equals the
-    reference (KL = 0, as at the start of training) every return and every advantage is exactly 0 and there is
-    no learning signal at all — measured in DESIGN.md: outcome-only rewards moved nothing where per-action
-    rewards lifted coder correctness. Start from tasks an untrained team can sometimes solve.
-    """
-    return reinforce_pp_advantages(
-        outcomes,
-        completion_mask,
-        logp,
-        ref_logp,
-        roles,
-        beta=beta,
-        gamma=gamma,
-        kl_kind=kl_kind,
-        per_role=per_role,
-        std_norm=std_norm,
-        std_floor=std_floor,
-    )
-
-
 def group_centered_rewards(
     rewards: torch.Tensor, groups: Sequence[Hashable], std_norm: bool = False, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -400,6 +369,167 @@ def group_baseline_advantages(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# estimator registry
+# ----------------------------------------------------------------------------------------------------------------
+
+KLPlace = Literal["reward", "loss"]
+
+
+@dataclass(frozen=True)
+class EstimatorBatch:
+    """An estimator's inputs: per-action ``rewards`` ``[B]``, ``completion_mask`` / ``logp`` (behaviour or
+    recomputed old) / ``ref_logp`` ``[B, T]``, and each row's ``roles`` and ``groups`` keys (``Sample.group``)."""
+
+    rewards: torch.Tensor
+    completion_mask: torch.Tensor
+    logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    roles: Sequence[Hashable] | None = None
+    groups: Sequence[Hashable] | None = None
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """Shared knobs. ``beta`` is the KL coefficient IN THE REWARD (0 when the KL term sits in the loss)."""
+
+    beta: float = 0.01
+    gamma: float = 1.0
+    kl_kind: KLKind = "k1"
+    per_role: bool = True
+    std_floor: float = 0.0
+
+
+Estimator = Callable[[EstimatorBatch, EstimatorSettings], Advantages]
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A registered estimator and what it needs: ``min_group_size`` replies per task, ``kl_in`` places allowed."""
+
+    name: str
+    fn: Estimator
+    min_group_size: int = 1
+    kl_in: tuple[KLPlace, ...] = ("reward", "loss")
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {}
+
+# names that once meant something else: the message says what to write instead
+RENAMED = {
+    "outcome_only": "algorithm 'outcome_only' was removed: the outcome baseline is a reward choice; use "
+    "reward: outcome (the env pays every action the outcome) with algorithm: reinforce_pp",
+}
+
+
+def register_estimator(
+    name: str, *, min_group_size: int = 1, kl_in: tuple[KLPlace, ...] = ("reward", "loss")
+) -> Callable[[Estimator], Estimator]:
+    """Decorator: make ``fn(batch, settings) -> Advantages`` selectable as ``algorithm: name``."""
+
+    def register(fn: Estimator) -> Estimator:
+        if name in ESTIMATORS:
+            raise ValueError(f"estimator {name!r} is already registered ({ESTIMATORS[name].fn.__qualname__})")
+        ESTIMATORS[name] = EstimatorSpec(name, fn, min_group_size, kl_in)
+        return fn
+
+    return register
+
+
+def get_estimator(
+    name: str, *, group_size: int = 1, kl_in: KLPlace = "reward", kl_beta: float = 0.0
+) -> EstimatorSpec:
+    """The estimator registered as ``name``, checked against the run's ``group_size`` and ``kl_in``.
+
+    Raises ``ValueError`` naming the key and the fix: an unknown or removed name, too few replies per task for a
+    group estimator, or a KL placement the estimator does not support (only checked when ``kl_beta > 0``).
+    """
+    if name in RENAMED:
+        raise ValueError(RENAMED[name])
+    if name not in ESTIMATORS:
+        raise ValueError(
+            f"algorithm {name!r} is not a registered estimator; choose one of {sorted(ESTIMATORS)}"
+        )
+    spec = ESTIMATORS[name]
+    if group_size < spec.min_group_size:
+        hint = ""
+        if name == "grpo":
+            hint = (
+                "; before this version 'grpo' named REINFORCE++-baseline (a group baseline then batch whitening), "
+                "which is now 'reinforce_pp_baseline'"
+            )
+        raise ValueError(
+            f"algorithm {name!r} normalises within groups of replies to the same task and needs "
+            f"group_size >= {spec.min_group_size} (got {group_size}): set group_size{hint}"
+        )
+    if kl_beta > 0 and kl_in not in spec.kl_in:
+        raise ValueError(
+            f"algorithm {name!r} takes its KL term in {' or '.join(spec.kl_in)}, not the {kl_in}: "
+            f"set kl_in: {spec.kl_in[0]} (or kl_beta: 0)"
+        )
+    return spec
+
+
+@register_estimator("reinforce_pp")
+def reinforce_pp(batch: EstimatorBatch, settings: EstimatorSettings) -> Advantages:
+    """REINFORCE++: KL-shaped token rewards → returns → whitening per role (:func:`reinforce_pp_advantages`)."""
+    return reinforce_pp_advantages(
+        batch.rewards,
+        batch.completion_mask,
+        batch.logp,
+        batch.ref_logp,
+        batch.roles,
+        beta=settings.beta,
+        gamma=settings.gamma,
+        kl_kind=settings.kl_kind,
+        per_role=settings.per_role,
+        std_floor=settings.std_floor,
+    )
+
+
+@register_estimator("reinforce_pp_baseline")
+def reinforce_pp_baseline(batch: EstimatorBatch, settings: EstimatorSettings) -> Advantages:
+    """REINFORCE++-baseline: each reward minus its group's mean, over the group's (Bessel) std
+    (:func:`group_centered_rewards`), then REINFORCE++ (KL shaping, returns, whitening per role).
+
+    Groups are ``Sample.group`` (same task, role and turn); with ``group_size: 1`` a group holds only the replies
+    that happened to share a task in the batch. This is what ``algorithm: grpo`` computed before the real GRPO.
+    """
+    if batch.groups is None:
+        raise ValueError("reinforce_pp_baseline needs the group key of every row")
+    centred = group_centered_rewards(batch.rewards, batch.groups, std_norm=True)
+    return reinforce_pp(EstimatorBatch(centred, *_rest(batch)), settings)
+
+
+@register_estimator("grpo", min_group_size=2, kl_in=("loss",))
+def grpo(batch: EstimatorBatch, settings: EstimatorSettings) -> Advantages:
+    """Per-agent GRPO: ``A = (r − mean_g) / (std_g + 1e-6)`` on every completion token of the action.
+
+    ``g`` is the row's group: the replies to the same task by the same role at the same turn (``Sample.group``;
+    the trainer plays each task ``group_size`` times per step). Mean and sample std (Bessel) are over the group's
+    ACTIONS, one value per action, not over tokens; a group whose rewards are all equal gets exactly 0. For a
+    role's first turn the prompts of a group are identical (GRPO proper); at later turns they differ by what
+    teammates said (the per-agent, per-turn grouping of AT-GRPO). No discounting, no batch whitening; the KL
+    term belongs in the loss (``kl_in: loss``). ``returns`` (for the logs): the action's reward at every
+    token (γ = 1, no KL).
+    """
+    if batch.groups is None:
+        raise ValueError("grpo needs the group key of every row")
+    mask = batch.completion_mask
+    advantages = group_baseline_advantages(batch.rewards, batch.groups, mask, std_norm=True)
+    if batch.logp is None or batch.ref_logp is None:
+        kl = torch.zeros_like(mask, dtype=torch.float32)
+    else:
+        kl = kl_penalty(batch.logp, batch.ref_logp, mask, kind=settings.kl_kind)
+    rewards_on_last = token_rewards(batch.rewards.float(), mask, torch.zeros_like(kl), 0.0)
+    returns = discounted_returns(rewards_on_last, mask, 1.0)
+    return Advantages(advantages, returns, rewards_on_last, kl)
+
+
+def _rest(batch: EstimatorBatch) -> tuple:
+    return batch.completion_mask, batch.logp, batch.ref_logp, batch.roles, batch.groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # policy loss
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -414,6 +544,8 @@ def policy_loss(
     clip_eps_high: float | None = None,
     kind: LossKind = "ppo",
     num_tokens: float | torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Policy-gradient loss: a token-level sum over unmasked tokens divided by ``num_tokens``.
 
@@ -428,6 +560,10 @@ def policy_loss(
     all-reduce averages gradients over ``W`` ranks, multiply each rank's loss by ``W`` (or pass
     ``num_tokens = global / W``); with gradient accumulation, sum the micro-batch losses, do not average them.
     Use :func:`loss_mask` as ``mask`` so truncated actions get zero weight.
+
+    KL in the loss (``kl_in: loss``): with ``ref_logp`` and ``kl_beta > 0`` every token adds
+    ``kl_beta · k3``, ``k3 = exp(ref_logp − logp) − (ref_logp − logp) − 1`` under the CURRENT ``logp`` (so it has
+    a gradient), reduced like the policy term — TRL's and OpenRLHF's GRPO KL loss. Stat ``kl_loss``: its mean.
 
     Stats (detached, means over this batch's unmasked tokens): ``clip_frac`` (share of tokens where the clipped
     term was chosen), ``approx_kl`` (k3 estimate of KL(π_old‖π): ``ratio − 1 − log ratio``), ``ratio_mean``,
@@ -446,6 +582,10 @@ def policy_loss(
         per_token = -advantages * logp.float()
     else:
         raise ValueError(f"unknown policy loss {kind!r}; use 'ppo' or 'reinforce'")
+    kl_term = None
+    if ref_logp is not None and kl_beta > 0:
+        kl_term = kl_penalty(logp, ref_logp, maskf, kind="k3")
+        per_token = per_token + kl_beta * kl_term
     count = maskf.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)
     loss = (per_token * maskf).sum() / count.clamp(min=1e-8).to(per_token.device)
     with torch.no_grad():
@@ -457,4 +597,6 @@ def policy_loss(
             "ratio_max": (ratio * maskf).max().item() if maskf.any() else 0.0,
             "tokens": maskf.sum().item(),
         }
+        if kl_term is not None:
+            stats["kl_loss"] = masked_mean(kl_term, maskf).item()
     return loss, stats

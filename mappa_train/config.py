@@ -43,9 +43,17 @@ class TrainConfig:
     top_p: float = 1.0
     eval_temperature: float = 0.0  # 0 = greedy decoding on held-out tasks
     # algorithm
-    algorithm: str = "reinforce_pp"  # "reinforce_pp", "outcome_only", "grpo"
+    # the estimator, by its registered name (mappa_train.algorithms): "reinforce_pp", "reinforce_pp_baseline"
+    # (group mean/std baseline, then REINFORCE++; what "grpo" meant before), "grpo" (per-agent GRPO, group_size >= 2)
+    algorithm: str = "reinforce_pp"
+    group_size: int = (
+        1  # replies per task per step: each drawn task is played group_size times (grpo needs >= 2)
+    )
     loss: str = "ppo"  # "ppo" (clipped surrogate) or "reinforce"
-    kl_beta: float = 0.01  # per-token KL penalty folded into the reward (REINFORCE++)
+    kl_beta: float = 0.01  # per-token KL coefficient
+    kl_in: str = (
+        "reward"  # "reward": k1 KL folded into the reward (REINFORCE++); "loss": beta * k3 in the loss
+    )
     # the "old" log-probs of the PPO ratio and the KL term: "recompute" = one no-grad forward of the scorer before
     # the update, so the first step's KL is exactly 0 and constant rewards move nothing; "sampler" = those taken
     # while sampling (no extra forward, but KV-cached sampling differs from scoring by float noise, which AdamW
@@ -105,6 +113,12 @@ class TrainConfig:
         validation.check_choices(self, CHOICES, where)
         validation.check_ranges(self, RANGES, where)
         validation.check_env_kwargs(self.env, self.env_kwargs, RESERVED_ENV_KWARGS, where)
+        from mappa_train.algorithms import get_estimator  # the registry knows its estimators' needs
+
+        try:
+            get_estimator(self.algorithm, group_size=self.group_size, kl_in=self.kl_in, kl_beta=self.kl_beta)
+        except ValueError as e:
+            raise validation.ConfigError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,13 +130,14 @@ _WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="c
 CHOICES: dict[str, tuple[str, ...]] = {
     "reward": ("coach", "outcome"),
     "mode": ("lora", "full"),
-    "algorithm": ("reinforce_pp", "outcome_only", "grpo"),
+    "kl_in": ("reward", "loss"),
     "loss": ("ppo", "reinforce"),
     "old_logprobs": ("recompute", "sampler"),
 }
 # (low, high, what the bounds mean); None = unbounded. Fields not named here are only type-checked.
 RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "steps": (0, None, "0 = evaluate the untrained team only"),
+    "group_size": (1, None, "replies per task; grpo needs >= 2"),
     "episodes_per_step": (1, None, ""),
     "parallel_envs": (1, None, ""),
     "micro_batch": (1, None, ""),

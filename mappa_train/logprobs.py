@@ -244,3 +244,25 @@ def batch_logprobs(
         position_ids=batch["position_ids"],
         **kwargs,
     )
+
+
+def completion_logprobs(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    **kwargs,
+) -> list[torch.Tensor]:
+    """Per-token log-probs of each completion given its prompt (one row of ``len(completion)`` per pair).
+
+    :func:`token_logprobs` on :func:`right_padded` pairs — the scorer the update uses, for callers holding ids
+    rather than samples. ``kwargs`` go to :func:`token_logprobs` (``temperature``, ``chunk_size``). Runs under the
+    ambient grad mode and whichever adapter the caller selected (``policy.forward_role(role)`` /
+    ``policy.reference()``).
+    """
+    if not prompt_ids:
+        return []
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in right_padded(prompt_ids, completion_ids, pad_id).items()}
+    logp = batch_logprobs(model, batch, **kwargs)
+    return [logp[i, : len(c)] for i, c in enumerate(completion_ids)]

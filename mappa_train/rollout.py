@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from mappa_envs.records import ActionRecord
@@ -48,6 +49,33 @@ def _advance(env: Any) -> tuple[str, list[dict[str, str]]] | None:
             continue
         return env.agent_selection, obs["messages"]
     return None
+
+
+def draw_resets(
+    seed: int, step: int, n_tasks: int, episodes: int, group_size: int = 1, rank: int = 0, world: int = 1
+) -> list[dict[str, Any]]:
+    """This process's share of step ``step``'s episodes: the ``reset`` arguments, drawn from ``(seed, step)``.
+
+    ``group_size = 1``: ``episodes`` tasks drawn with replacement, one seed each, episode ``i`` on rank
+    ``i % world``. ``group_size = n > 1`` (the group sampler GRPO needs): ``episodes / n`` tasks, each played
+    ``n`` times with different seeds, so every role's replies at a turn form groups of ``n`` answering the same
+    task (``Sample.group``); whole groups are dealt to ranks (group ``g`` on rank ``g % world``) so a group's
+    statistics are never split. Two groups that draw the same task share a group key, i.e. form one larger group.
+    """
+    if group_size < 1 or episodes % group_size:
+        raise ValueError(
+            f"episodes_per_step={episodes} must be a positive multiple of group_size={group_size}: "
+            "change one of them"
+        )
+    rng = np.random.default_rng([seed, step])
+    n_groups = episodes // group_size
+    tasks = rng.integers(n_tasks, size=n_groups)
+    seeds = rng.integers(2**31, size=episodes)
+    return [
+        {"seed": int(seeds[i]), "options": {"task_index": int(tasks[i // group_size])}}
+        for i in range(episodes)
+        if (i // group_size) % world == rank
+    ]
 
 
 def run_rollouts(

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import mappa_envs
 from mappa_envs.tasks import TaskSet
 from mappa_train import distributed as dist
+from mappa_train.algorithms import get_estimator
 from mappa_train.checkpoint import (
     CheckpointError,
     check_checkpoint,
@@ -36,7 +37,7 @@ from mappa_train.checkpoint import (
     set_rng_state,
 )
 from mappa_train.config import TrainConfig
-from mappa_train.rollout import Episode, episodes_to_samples, run_rollouts
+from mappa_train.rollout import Episode, draw_resets, episodes_to_samples, run_rollouts
 from mappa_train.rundir import claim
 from mappa_train.runlog import RunLogger, atomic_write_text, read_metrics
 from mappa_train.types import Sample
@@ -155,6 +156,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, policy: Any = None) -> None:
         self.config = config
+        # the estimator and its needs (group_size, kl_in) are checked before any env or model is built
+        get_estimator(
+            config.algorithm, group_size=config.group_size, kl_in=config.kl_in, kl_beta=config.kl_beta
+        )
         self.rank, self.world = dist.init()
         self.out_dir = Path(config.out_dir)
         probe = mappa_envs.make(config.env, reward="outcome", tasks=config.train_tasks)
@@ -195,11 +200,9 @@ class Trainer:
     def _train_resets(self, step: int) -> list[dict[str, Any]]:
         """This process's share of step ``step``'s episodes: tasks and seeds drawn from (seed, step)."""
         c = self.config
-        rng = np.random.default_rng([c.seed, step])
-        indices = rng.integers(len(self.train_tasks), size=c.episodes_per_step)
-        seeds = rng.integers(2**31, size=c.episodes_per_step)
-        mine = range(self.rank, c.episodes_per_step, self.world)
-        return [{"seed": int(seeds[i]), "options": {"task_index": int(indices[i])}} for i in mine]
+        return draw_resets(
+            c.seed, step, len(self.train_tasks), c.episodes_per_step, c.group_size, self.rank, self.world
+        )
 
     def rollout(self, step: int) -> list[Episode]:
         torch.manual_seed(self.config.seed * 1_000_003 + step)
@@ -233,6 +236,7 @@ class Trainer:
             idx = [i for i, s in enumerate(samples) if s.role == role]
             role_stats = update_role(self.policy, self.optimizers[role], role, samples, prepared, idx, c)
             stats.update({f"{k}/{role}": v for k, v in role_stats.items()})
+        self.policy.on_update()  # a sampler with its own copy of the weights (served, engine) syncs here
         return stats
 
     # -- checkpoints ---------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """One policy update from a batch of samples: log-probs → advantages over the whole batch → per-role steps.
 
+The estimator is the one registered under ``config.algorithm`` (:func:`mappa_train.algorithms.get_estimator`);
+``config.kl_in`` puts the ``kl_beta`` KL term in the estimator's reward or in the loss of :func:`update_role`.
+
 Advantages are computed once over the *whole* rollout batch (all roles), because REINFORCE++ normalises over the
 global batch — per role or across roles (``config.normalize_per_role``). Then each role's adapter is updated on its
 own samples with its own optimiser: separate weights per agent. Under ``accelerate launch`` the advantage
@@ -17,12 +20,13 @@ import torch
 
 from mappa_train import distributed as dist
 from mappa_train.algorithms import (
-    group_centered_rewards,
+    Advantages,
+    EstimatorBatch,
+    EstimatorSettings,
+    get_estimator,
     loss_mask,
     masked_mean,
-    outcome_only_advantages,
     policy_loss,
-    reinforce_pp_advantages,
 )
 from mappa_train.logprobs import batch_logprobs, pack_samples
 from mappa_train.types import Sample
@@ -79,6 +83,30 @@ def _logprobs_by_role(
     return out  # type: ignore[return-value]
 
 
+def kl_beta_in_reward(config: Any) -> float:
+    """``config.kl_beta`` where the KL term sits in the reward, 0 where it sits in the loss (``kl_in``)."""
+    return config.kl_beta if config.kl_in == "reward" else 0.0
+
+
+def kl_beta_in_loss(config: Any) -> float:
+    """``config.kl_beta`` where the KL term sits in the loss, else 0."""
+    return config.kl_beta if config.kl_in == "loss" else 0.0
+
+
+def estimate(batch: EstimatorBatch, config: Any) -> Advantages:
+    """The estimator named by ``config.algorithm`` (the registry in :mod:`mappa_train.algorithms`) on ``batch``."""
+    spec = get_estimator(
+        config.algorithm, group_size=config.group_size, kl_in=config.kl_in, kl_beta=config.kl_beta
+    )
+    settings = EstimatorSettings(
+        beta=kl_beta_in_reward(config),
+        gamma=config.gamma,
+        per_role=config.normalize_per_role,
+        std_floor=config.adv_std_floor,
+    )
+    return spec.fn(batch, settings)
+
+
 def compute_advantages(
     policy: Any, samples: Sequence[Sample], config: Any
 ) -> tuple[Prepared, dict[str, float]]:
@@ -101,26 +129,15 @@ def compute_advantages(
     mask = _pad([torch.ones(len(s.completion_ids), dtype=torch.bool) for s in samples])
     old_t, ref_t = _pad(old), _pad(ref)
     roles = [s.role for s in samples]
-    common = dict(
+    batch = EstimatorBatch(
+        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
+        completion_mask=mask,
         logp=old_t,
         ref_logp=ref_t,
         roles=roles,
-        beta=config.kl_beta,
-        gamma=config.gamma,
-        per_role=config.normalize_per_role,
-        std_floor=config.adv_std_floor,
+        groups=[s.group for s in samples],
     )
-    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-    if config.algorithm == "reinforce_pp":
-        result = reinforce_pp_advantages(rewards, mask, **common)
-    elif config.algorithm == "outcome_only":
-        outcomes = torch.tensor([s.outcome_reward for s in samples], dtype=torch.float32)
-        result = outcome_only_advantages(outcomes, mask, **common)
-    elif config.algorithm == "grpo":  # group baseline (same task, role and turn), then REINFORCE++ shaping
-        centred = group_centered_rewards(rewards, [s.group for s in samples], std_norm=True)
-        result = reinforce_pp_advantages(centred, mask, **common)
-    else:  # validated in TrainConfig; kept for direct callers
-        raise ValueError(f"unknown algorithm {config.algorithm!r}")
+    result = estimate(batch, config)
     lengths = [len(s.completion_ids) for s in samples]
     prepared = Prepared(
         old_logp=old,
@@ -155,6 +172,8 @@ def update_role(
     The loss is a token-level sum divided by the number of loss tokens of this role in the whole (global) batch,
     so micro-batching and data-parallel sharding do not change it. Truncated actions carry no loss unless
     ``config.mask_truncated`` is off.
+    With ``config.kl_in == "loss"`` each token also adds ``kl_beta · k3`` against the reference log-probs of
+    ``prepared`` (:func:`~mappa_train.algorithms.policy_loss`), reduced the same way.
     """
     if not indices:
         return {}
@@ -184,6 +203,8 @@ def update_role(
             lmask = loss_mask(cmask, batch["truncated"]) if config.mask_truncated else cmask
             old = _pad([prepared.old_logp[indices[j]] for j in chunk]).to(logp.device)
             adv = _pad([prepared.advantages[indices[j]] for j in chunk]).to(logp.device)
+            beta = kl_beta_in_loss(config)
+            ref = _pad([prepared.ref_logp[indices[j]] for j in chunk]).to(logp.device) if beta > 0 else None
             loss, st = policy_loss(
                 logp,
                 old,
@@ -192,6 +213,8 @@ def update_role(
                 clip_eps=config.clip_eps,
                 kind=config.loss,
                 num_tokens=max(global_tokens, 1.0),
+                ref_logp=ref,
+                kl_beta=beta,
             )
             if global_tokens > 0:
                 loss.backward()
@@ -199,6 +222,8 @@ def update_role(
             totals["loss"] += float(loss.detach()) / config.update_epochs
             totals["clip_frac"] += st["clip_frac"] * weight / config.update_epochs
             totals["approx_kl"] += st["approx_kl"] * weight / config.update_epochs
+            if "kl_loss" in st:
+                totals["kl_loss"] = totals.get("kl_loss", 0.0) + st["kl_loss"] * weight / config.update_epochs
             totals["entropy"] += float(masked_mean(entropy.detach(), cmask)) * weight / config.update_epochs
         dist.sum_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from mappa_train.algorithms import (
+    ESTIMATORS,
+    EstimatorBatch,
+    EstimatorSettings,
     discounted_returns,
     entropy_from_logits,
+    get_estimator,
     group_baseline_advantages,
     group_centered_rewards,
     kl_penalty,
@@ -19,8 +23,8 @@ from mappa_train.algorithms import (
     masked_var,
     masked_whiten,
     normalize_advantages,
-    outcome_only_advantages,
     policy_loss,
+    register_estimator,
     reinforce_pp_advantages,
     token_rewards,
 )
@@ -218,15 +222,12 @@ def test_reinforce_pp_composes_the_pieces():
         reinforce_pp_advantages(REWARDS, MASK, LOGP, REF, None, per_role=True)
 
 
-def test_outcome_only_zero_success_gives_zero_advantages():
+def test_outcome_rewards_at_zero_success_give_zero_advantages():
     # 0% team success: every outcome is 0; policy == reference (start of training): KL = 0 -> every advantage 0
     outcomes = torch.zeros(2)
-    got = outcome_only_advantages(outcomes, MASK, LOGP, LOGP.clone(), ["solver", "coder"], beta=0.01)
+    got = reinforce_pp_advantages(outcomes, MASK, LOGP, LOGP.clone(), ["solver", "coder"], beta=0.01)
     assert torch.equal(got.advantages, torch.zeros(2, 3))
-    assert torch.equal(outcome_only_advantages(outcomes, MASK, per_role=False).advantages, torch.zeros(2, 3))
-    # and every action of the episode gets the episode's outcome: a success puts 1 on each action's last token
-    ok = outcome_only_advantages(torch.ones(2), MASK, beta=0.0, per_role=False)
-    close(ok.token_rewards, [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(reinforce_pp_advantages(outcomes, MASK, per_role=False).advantages, torch.zeros(2, 3))
 
 
 def test_group_baseline_by_hand():
@@ -340,3 +341,125 @@ def test_truncated_rows_get_zero_loss_weight():
     assert stats["tokens"] == 4
     loss.backward()
     assert torch.equal(logp.grad[1], torch.zeros(3))
+
+
+# ---------------------------------------------------------------- estimator registry
+
+
+def test_registry_names_the_estimators_and_refuses_bad_choices_with_the_fix():
+    assert {"reinforce_pp", "reinforce_pp_baseline", "grpo"} <= set(ESTIMATORS)
+    with pytest.raises(ValueError, match="not a registered estimator.*reinforce_pp"):
+        get_estimator("ppo_typo")
+    with pytest.raises(ValueError, match="reward: outcome"):
+        get_estimator("outcome_only")  # removed: a reward choice, not an estimator
+    # an old config's "grpo" (no group_size) fails loudly and names the estimator it used to mean
+    with pytest.raises(ValueError, match="group_size >= 2.*reinforce_pp_baseline"):
+        get_estimator("grpo", group_size=1, kl_in="loss", kl_beta=0.01)
+    with pytest.raises(ValueError, match="kl_in: loss"):
+        get_estimator("grpo", group_size=4, kl_in="reward", kl_beta=0.01)
+    assert (
+        get_estimator("grpo", group_size=4, kl_in="reward", kl_beta=0.0).name == "grpo"
+    )  # no KL at all: fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_estimator("grpo")(lambda batch, settings: None)
+
+
+def test_a_registered_estimator_is_selectable_by_name():
+    @register_estimator("test_constant_one")
+    def constant(batch: EstimatorBatch, settings: EstimatorSettings):
+        ones = batch.completion_mask.float()
+        return reinforce_pp_advantages(batch.rewards, batch.completion_mask, per_role=False)._replace(
+            advantages=ones
+        )
+
+    try:
+        spec = get_estimator("test_constant_one")
+        got = spec.fn(EstimatorBatch(REWARDS, MASK), EstimatorSettings())
+        close(got.advantages, [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    finally:
+        del ESTIMATORS["test_constant_one"]
+
+
+def test_reinforce_pp_baseline_by_hand():
+    # two replies to one task (group "t/solver/0"), one token each, no KL:
+    # centred by the group mean 0.5: [+0.5, -0.5]; / Bessel std sqrt(0.5) -> [+0.70711, -0.70711];
+    # REINFORCE++ whitening over the role's tokens: mean 0, population var 0.5 -> [+1, -1]
+    # a third reply, another task: a group of one -> 0, then whitened with the others (mean 0, var 1/3):
+    # [0.70711, -0.70711, 0] / sqrt(1/3) -> [1.22474, -1.22474, 0]
+    rewards = torch.tensor([1.0, 0.0, 0.3])
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    batch = EstimatorBatch(
+        rewards, mask, roles=["solver"] * 3, groups=["t/solver/0", "t/solver/0", "u/solver/0"]
+    )
+    got = get_estimator("reinforce_pp_baseline").fn(batch, EstimatorSettings(beta=0.0))
+    close(got.advantages, [[1.22474], [-1.22474], [0.0]], atol=1e-4)
+    pair = EstimatorBatch(rewards[:2], mask[:2], roles=["solver"] * 2, groups=["t/solver/0"] * 2)
+    close(
+        get_estimator("reinforce_pp_baseline").fn(pair, EstimatorSettings(beta=0.0)).advantages,
+        [[1.0], [-1.0]],
+    )
+
+
+def test_grpo_normalises_within_each_agents_group_by_hand():
+    # solver group (task t, turn 0): rewards 1, 0, 0.5, 0.5 -> mean 0.5, Bessel std sqrt((.25+.25+0+0)/3) = 0.40825
+    #   -> advantages +1.22474, -1.22474, 0, 0 on EVERY token of each action (no whitening over tokens)
+    # coder group (task t, turn 0): rewards 0.2, 0.2 -> all equal -> exactly 0 (not 0/eps)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.2])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    groups = ["t/solver/0"] * 4 + ["t/coder/0"] * 2
+    logp = torch.full((6, 3), -1.0)
+    ref = torch.full((6, 3), -1.5)
+    batch = EstimatorBatch(rewards, mask, logp, ref, roles=[g.split("/")[1] for g in groups], groups=groups)
+    got = get_estimator("grpo", group_size=4, kl_in="loss", kl_beta=0.1).fn(
+        batch, EstimatorSettings(beta=0.0)
+    )
+    a = 1.0 / math.sqrt(0.5 / 3) * 0.5  # 0.5 / 0.40825 = 1.22474
+    close(
+        got.advantages,
+        [[a, a, a], [-a, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
+        atol=1e-4,
+    )
+    assert torch.equal(got.advantages[4:], torch.zeros(2, 3))
+    # the raw reward sits on each action's last token in `returns` (for logs); the KL is measured, not paid
+    close(got.returns[0], [1.0, 1.0, 1.0])
+    close(got.kl[0], [0.5, 0.5, 0.5])
+
+
+# ---------------------------------------------------------------- KL in the loss
+
+
+def test_policy_loss_with_kl_in_the_loss_by_hand():
+    # one row, two tokens, on-policy (ratio 1): policy term -A per token = [-1, +0.5] for A = [1, -0.5]
+    # d = logp - ref = [0.5, -0.2]: k3 = exp(-d) - 1 + d = [0.60653 - 1 + 0.5, 1.22140 - 1 - 0.2]
+    #                                                  = [0.10653, 0.02140]
+    # loss = mean over 2 tokens of (-A + 0.1 * k3) = (-1 + 0.5 + 0.1 * 0.12793) / 2 = -0.24360
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.8]])
+    adv = torch.tensor([[1.0, -0.5]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, stats = policy_loss(logp, logp.detach(), adv, mask, ref_logp=ref, kl_beta=0.1)
+    close(loss.detach(), -0.24360, atol=1e-5)
+    close(torch.tensor(stats["kl_loss"]), (0.10653 + 0.02140) / 2, atol=1e-5)
+    # d(k3)/d(logp) = 1 - exp(-d) = [0.39347, -0.22140]; the policy term's d/dlogp at ratio 1 is -A
+    loss.backward()
+    close(logp.grad, [[(-1.0 + 0.1 * 0.39347) / 2, (0.5 + 0.1 * -0.22140) / 2]], atol=1e-5)
+    # without a reference (kl_in: reward) the loss is the policy term alone
+    plain, stats = policy_loss(logp.detach(), logp.detach(), adv, mask)
+    close(plain, -0.25)
+    assert "kl_loss" not in stats
+
+
+def test_kl_in_switch_moves_the_kl_from_the_reward_to_the_loss():
+    from mappa_train.config import TrainConfig
+    from mappa_train.update import estimate, kl_beta_in_loss
+
+    # REWARDS [1, -0.5], LOGP/REF as above, beta 0.1, k1 = LOGP - REF = [[0.5, 0, 0.2], [-0.2, -0.2, pad]]
+    batch = EstimatorBatch(REWARDS, MASK, LOGP, REF, roles=["solver", "solver"], groups=["a", "b"])
+    in_reward = TrainConfig.from_dict({}, ["kl_beta=0.1", "kl_in=reward", "normalize_per_role=false"])
+    in_loss = TrainConfig.from_dict({}, ["kl_beta=0.1", "kl_in=loss", "normalize_per_role=false"])
+    shaped = estimate(batch, in_reward).token_rewards
+    close(shaped, [[-0.05, 0.0, 1.0 - 0.02], [0.02, -0.5 + 0.02, 0.0]])
+    plain = estimate(batch, in_loss)
+    close(plain.token_rewards, [[0.0, 0.0, 1.0], [0.0, -0.5, 0.0]])  # no KL in the reward ...
+    close(plain.kl, [[0.5, 0.0, 0.2], [-0.2, -0.2, 0.0]])  # ... still measured for the logs
+    assert kl_beta_in_loss(in_loss) == 0.1 and kl_beta_in_loss(in_reward) == 0.0  # ... and paid in the loss

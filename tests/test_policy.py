@@ -6,14 +6,18 @@ import copy
 import json
 import math
 import os
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
 
+from mappa_train.logprobs import completion_logprobs
 from mappa_train.models import CHATML_TEMPLATE, load_base, tiny_model_and_tokenizer
-from mappa_train.policy import TRUNCATION_MARKER, TeamPolicy, sample_next
+from mappa_train.policy import TeamPolicy
+from mappa_train.prompting import TRUNCATION_MARKER
+from mappa_train.sampler import Request, SamplingSettings, sample_next
 from mappa_train.types import Generation
 
 ROLES = ["solver", "coder", "verifier"]
@@ -28,6 +32,14 @@ PROMPTS = [
         {"role": "tool", "content": "12"},
     ],
 ]
+
+
+def score(policy: TeamPolicy, role: str | None, prompts, completions) -> list[torch.Tensor]:
+    """Log-probs of completions under ``role`` (``None``: the reference) via the trainer's scorer."""
+    context = policy.reference() if role is None else policy.forward_role(role)
+    temperature = policy.temperature if policy.temperature > 0 else 1.0
+    with context as model:
+        return completion_logprobs(model, prompts, completions, policy.pad_id, temperature=temperature)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +79,7 @@ def one_step(policy: TeamPolicy, role: str, gens: list[Generation], lr: float = 
     policy.train()
     opt = torch.optim.Adam(policy.trainable_parameters(role), lr=lr)
     prompts, completions = pairs(gens)
-    loss = -torch.cat(policy.logprobs(role, prompts, completions)).mean()
+    loss = -torch.cat(score(policy, role, prompts, completions)).mean()
     loss.backward()
     opt.step()
     opt.zero_grad()
@@ -77,7 +89,7 @@ def one_step(policy: TeamPolicy, role: str, gens: list[Generation], lr: float = 
 def scores(policy: TeamPolicy, gens: list[Generation]) -> dict[str | None, torch.Tensor]:
     prompts, completions = pairs(gens)
     with torch.no_grad():
-        return {r: torch.cat(policy.logprobs(r, prompts, completions)) for r in [*ROLES, None]}
+        return {r: torch.cat(score(policy, r, prompts, completions)) for r in [*ROLES, None]}
 
 
 # ------------------------------------------------------------------------------------------------------- prompts
@@ -192,7 +204,7 @@ def test_batched_prompts_of_different_lengths_match_unbatched(tiny):
     assert len({len(g.prompt_ids) for g in gens}) == 3  # different lengths → left padding was exercised
     for g in gens:  # behaviour log-probs == a teacher-forced forward on the lone, unpadded sequence
         with torch.no_grad():
-            (alone,) = policy.logprobs("verifier", [g.prompt_ids], [g.completion_ids])
+            (alone,) = score(policy, "verifier", [g.prompt_ids], [g.completion_ids])
         assert torch.allclose(torch.tensor(g.logprobs), alone, atol=1e-4)
     greedy_batch = policy.generate("verifier", PROMPTS, temperature=0)
     greedy_alone = [policy.generate("verifier", [p], temperature=0)[0] for p in PROMPTS]
@@ -226,7 +238,7 @@ def test_kl_is_zero_at_init_and_reference_is_the_base(tiny):
     for role in ROLES:
         assert torch.equal(s[role], s[None])  # LoRA B = 0: exactly the base
     with torch.no_grad():  # ... and the reference is the untouched base model
-        for g, ref in zip(gens, policy.logprobs(None, *pairs(gens)), strict=True):
+        for g, ref in zip(gens, score(policy, None, *pairs(gens)), strict=True):
             ids = torch.tensor([g.prompt_ids + g.completion_ids])
             logits = model(ids).logits[0, len(g.prompt_ids) - 1 : -1].float()
             direct = logits.log_softmax(-1).gather(-1, torch.tensor(g.completion_ids)[:, None]).squeeze(-1)
@@ -350,7 +362,7 @@ def _grads_and_layer_calls(policy: TeamPolicy, role: str, gens: list[Generation]
     try:
         prompts, completions = pairs(gens)
         params = policy.trainable_parameters(role)
-        loss = -torch.cat(policy.logprobs(role, prompts, completions)).mean()
+        loss = -torch.cat(score(policy, role, prompts, completions)).mean()
         grads = torch.autograd.grad(loss, params)
     finally:
         del mlp.forward
@@ -373,3 +385,50 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(tiny, 
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert all(len(g.completion_ids) > 0 for g in policy.generate("coder", PROMPTS))  # generation still works
+
+
+# ------------------------------------------------------------------------------------------------------- sampler
+
+
+def test_generation_raises_no_deprecation_warning(tiny):
+    """Our decode loop passes the KV cache under the name this transformers takes (no ``past_key_values`` warning)."""
+    policy = make_policy(tiny, max_new_tokens=4)
+    policy.stop_token_ids = [-1]  # no early stop: the cached decode step runs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gens = policy.generate("solver", PROMPTS[:2])
+    assert all(len(g.completion_ids) == 4 for g in gens)
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning)], [
+        str(w.message) for w in caught
+    ]
+
+
+class ScriptedSampler:
+    """A second backend in a few lines: replies with fixed ids, counts the update hooks it received."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.seen: list[Request] = []
+
+    def generate(self, requests, settings: SamplingSettings) -> list[Generation]:
+        self.seen.extend(requests)
+        n = settings.max_new_tokens
+        return [Generation("x", list(r.prompt_ids), [5] * n, [-1.0] * n, True) for r in requests]
+
+    def on_update(self, weights) -> None:
+        self.updates += 1
+
+
+def test_a_new_sampler_is_one_object_implementing_the_protocol(tiny, tmp_path):
+    sampler = ScriptedSampler()
+    model, tokenizer = tiny
+    policy = TeamPolicy(copy.deepcopy(model), tokenizer, ROLES, max_new_tokens=3, sampler=sampler)
+    gens = policy.generate("coder", PROMPTS[:2])
+    assert [r.role for r in sampler.seen] == ["coder", "coder"]
+    assert [g.prompt_ids for g in gens] == [policy.encode_prompt(p) for p in PROMPTS[:2]]
+    assert all(g.completion_ids == [5, 5, 5] for g in gens)
+    with policy.sampling(max_new_tokens=1):
+        assert policy.generate("coder", PROMPTS[:1])[0].completion_ids == [5]
+    policy.save(tmp_path / "team")
+    policy.load(tmp_path / "team")
+    assert sampler.updates == 1  # loading new weights tells the sampler

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mappa_envs
-from mappa_train.rollout import episodes_to_samples, run_rollouts
+from mappa_train.rollout import draw_resets, episodes_to_samples, run_rollouts
 from mappa_train.types import Generation
 
 TASKS = [{"problem": "What is 7 + 5?", "answer": "12"}, {"problem": "What is 2 + 2?", "answer": "4"}]
@@ -67,3 +69,23 @@ def test_rollout_rewards_follow_the_reward_wrapper_including_mixtures():
         for r, x in zip(episode.records, episode.rewards, strict=True):
             per_role[r.role] = per_role.get(r.role, 0.0) + x
         assert per_role == totals
+
+
+def test_draw_resets_group_size_one_is_the_plain_draw_and_groups_repeat_a_task():
+    import numpy as np
+
+    plain = draw_resets(seed=3, step=7, n_tasks=50, episodes=6)
+    rng = np.random.default_rng([3, 7])  # the draw every published run used: unchanged by the group sampler
+    tasks, seeds = rng.integers(50, size=6), rng.integers(2**31, size=6)
+    assert plain == [
+        {"seed": int(s), "options": {"task_index": int(t)}} for t, s in zip(tasks, seeds, strict=True)
+    ]
+    grouped = draw_resets(seed=3, step=7, n_tasks=50, episodes=6, group_size=3)
+    task_of = [r["options"]["task_index"] for r in grouped]
+    assert task_of[:3] == [task_of[0]] * 3 and task_of[3:] == [task_of[3]] * 3  # 2 tasks x 3 replies
+    assert len({r["seed"] for r in grouped}) == 6  # each reply its own episode seed
+    # data parallel: whole groups per rank, together exactly the single-process draw
+    ranks = [draw_resets(3, 7, 50, 6, group_size=3, rank=r, world=2) for r in (0, 1)]
+    assert ranks[0] == grouped[:3] and ranks[1] == grouped[3:]
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        draw_resets(3, 7, 50, 5, group_size=2)

@@ -17,7 +17,7 @@ import torch
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_train.algorithms import policy_loss
 from mappa_train.config import TrainConfig
-from mappa_train.logprobs import batch_logprobs, pack_samples
+from mappa_train.logprobs import batch_logprobs, completion_logprobs, pack_samples
 from mappa_train.models import tiny_model_and_tokenizer
 from mappa_train.policy import TeamPolicy
 from mappa_train.runlog import read_metrics
@@ -27,6 +27,14 @@ from mappa_train.update import compute_advantages, update_role
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
+
+
+def score(policy: TeamPolicy, role: str | None, prompts, completions) -> list[torch.Tensor]:
+    """Log-probs of completions under ``role`` (``None``: the reference) via the trainer's scorer."""
+    context = policy.reference() if role is None else policy.forward_role(role)
+    temperature = policy.temperature if policy.temperature > 0 else 1.0
+    with context as model:
+        return completion_logprobs(model, prompts, completions, policy.pad_id, temperature=temperature)
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> TrainConfig:
@@ -239,7 +247,7 @@ def test_each_role_update_trains_its_own_adapter_and_only_it():
     with torch.no_grad():
         for role in roles:  # behaviour log-probs under each role's own (still identical) adapter
             rows = [s for s in samples if s.role == role]
-            logps = policy.logprobs(role, [s.prompt_ids for s in rows], [s.completion_ids for s in rows])
+            logps = score(policy, role, [s.prompt_ids for s in rows], [s.completion_ids for s in rows])
             for s, lp in zip(rows, logps, strict=True):
                 s.behaviour_logprobs = lp.tolist()
     prepared, _ = compute_advantages(policy, samples, config)
@@ -255,7 +263,7 @@ def test_each_role_update_trains_its_own_adapter_and_only_it():
     with torch.no_grad():  # each role's rewarded completion gained log-prob under its own adapter
         for role in roles:
             good = samples[roles.index(role) * 4]
-            (lp_good,) = policy.logprobs(role, [good.prompt_ids], [good.completion_ids])
+            (lp_good,) = score(policy, role, [good.prompt_ids], [good.completion_ids])
             assert lp_good.mean() > torch.tensor(good.behaviour_logprobs).mean(), role
 
 
@@ -419,3 +427,28 @@ def test_gradient_checkpointing_config_reaches_the_model():
         policy = build_policy(config, ["solver", "coder"])
         layers = unwrap_model(policy.model).get_decoder().layers
         assert all(layer.gradient_checkpointing is enabled for layer in layers)
+
+
+def test_grpo_with_groups_and_kl_in_the_loss_trains_a_step_and_syncs_the_sampler(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        "algorithm=grpo",
+        "group_size=2",
+        "kl_in=loss",
+        "steps=1",
+        "eval_at_start=false",
+        "eval_episodes=1",
+    )
+    trainer = Trainer(config)
+    synced = []
+    trainer.policy.sampler.on_update = synced.append  # the hook a served / engine sampler reloads weights in
+    trainer.fit()
+    assert synced == [trainer.policy.weights]  # once per optimiser update
+    row = read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert "kl_loss/solver" in row and abs(row["kl_loss/solver"]) < 1e-6  # first step: policy == reference
+    assert all(f"advantage_mean/{r}" in row for r in ("solver", "coder", "verifier"))
+
+
+def test_old_grpo_configs_fail_before_building_anything_and_name_the_rename(tmp_path):
+    with pytest.raises(ValueError, match="reinforce_pp_baseline"):
+        Trainer(tiny_config(tmp_path, "algorithm=grpo"))
