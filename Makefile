@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mappa-installed
 WHEELS := $(HOME)/.cache/mappa-wheels
 
-.PHONY: setup demo test lint bench clean sandbox-deps coach-model-deps
+.PHONY: setup demo test test-fast lint bench clean sandbox-deps coach-model-deps
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ demo: setup
 
 test: setup sandbox-deps coach-model-deps
 	MAPPA_REQUIRE_SANDBOX=$$(command -v bwrap >/dev/null && echo 1) $(PY) -m pytest -q
+
+# the tests not marked slow: the library's logic in minutes; `make test` stays the full suite
+test-fast: setup sandbox-deps
+	MAPPA_REQUIRE_SANDBOX=$$(command -v bwrap >/dev/null && echo 1) $(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check mappa_envs mappa_train tests bench

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -405,6 +406,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.command in ("train", "eval", "play", "bench"):
+        from mappa_train.threads import configure
+
+        n = configure()
+        print(f"torch threads: {n} of {os.cpu_count()} cores (set MAPPA_THREADS to choose)", file=sys.stderr)
     try:
         return args.func(args)
     except _user_errors() as e:
