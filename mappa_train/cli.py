@@ -141,6 +141,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mappa_train.runlog import RunLogger, read_metrics
     from mappa_train.trainer import Trainer
 
+    if args.team == "served" and args.checkpoint and args.others != "model":
+        print(
+            "a checkpoint holds trained adapters, but no role of this team is trained: drop --checkpoint or "
+            "let the trained team play the unserved roles (--others model)",
+            file=sys.stderr,
+        )
+        return 2
     checkpoint = find_checkpoint(args.checkpoint) if args.checkpoint else None
     config = _config(args, checkpoint)
     policy = None

@@ -26,7 +26,7 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
         ("checkpoint_every: -1", "checkpoint_every must be >= 0 (0 = only the final checkpoint)"),
         ("top_p: 1.5", "top_p must be between 0 and 1"),
         ("stpes: 3", "unknown config key 'stpes'; did you mean 'steps'?"),
-        ("algorithm: reinforce", "algorithm='reinforce' must be one of"),
+        ("algorithm: reinforce", "algorithm 'reinforce' is not a registered estimator; choose one of"),
         ("env: math-chatt", "unknown env 'math-chatt'"),
         (
             "env_kwargs: {cell_timeout: 5}",

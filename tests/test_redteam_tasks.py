@@ -46,6 +46,8 @@ PUBLIC_SOURCES = {
     "mappa_envs/tabular/scoring.py": PKG / "tabular" / "scoring.py",
     "mappa_envs/taskgen/secret.py": PKG / "taskgen" / "secret.py",
     "mappa_envs/taskgen/dsbench_gen.py": PKG / "taskgen" / "dsbench_gen.py",
+    "mappa_envs/grading/isolated.py": PKG / "grading" / "isolated.py",
+    "mappa_envs/workspace/hostio.py": PKG / "workspace" / "hostio.py",
 }
 
 REGENERATE = """
@@ -56,7 +58,7 @@ for rel, text in SOURCES.items():
     os.makedirs(os.path.join("pub", os.path.dirname(rel)), exist_ok=True)
     with open(os.path.join("pub", rel), "w") as f:
         f.write(text)
-for pkg in ("mappa_envs", "mappa_envs/tabular", "mappa_envs/taskgen"):
+for pkg in ("mappa_envs", "mappa_envs/tabular", "mappa_envs/taskgen", "mappa_envs/grading", "mappa_envs/workspace"):
     open(os.path.join("pub", pkg, "__init__.py"), "w").close()
 sys.path.insert(0, os.path.abspath("pub"))
 from mappa_envs.taskgen.dsbench_gen import SPECS, build_task

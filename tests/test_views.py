@@ -165,8 +165,6 @@ def test_per_role_teammates_and_bad_input():
         view(teammates={"solver": team})
     with pytest.raises(ValueError, match="role 'judge' is not an agent"):
         view(role="judge")
-    with pytest.raises(ValueError, match="no scripted team"):
-        SingleAgentEnv("math-debate-v2", role="judge", tasks=TASKS)
     with pytest.raises(TypeError, match="no reward wrapper"):
         SingleAgentEnv(mappa_envs.raw_env("math-chat-v2", tasks=TASKS), role="coder")
 
