@@ -158,20 +158,11 @@ def run_grid(
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Train every run of the grid that has not finished; returns the run folders in grid order."""
-    from mappa_train.config import TrainConfig
-
     grid = suite.runs(arms, seeds)
     folders = []
     for i, run in enumerate(grid, 1):
-        overrides = dict(run.overrides)
-        plugin = overrides.pop("import", None)
-        if plugin:
-            importlib.import_module(plugin)  # registers a user's estimator before the config names it
         run_dir = out / run.folder
-        config = TrainConfig.from_yaml(
-            suite.config, overrides=[f"{k}={_yaml(v)}" for k, v in overrides.items()]
-        )
-        config.out_dir = str(run_dir)
+        config = run_config(suite, run, run_dir)
         folders.append(run_dir)
         if finished(run_dir, config.steps):
             log(f"[{i}/{len(grid)}] {run.folder}: finished, kept")
@@ -185,6 +176,19 @@ def run_grid(
         before = json.loads(record.read_text()).get("wall_s", 0.0) if record.exists() else 0.0
         record.write_text(json.dumps({"wall_s": before + wall}))
     return folders
+
+
+def run_config(suite: Suite, run: Run, run_dir: Path) -> Any:
+    """The run's validated :class:`TrainConfig` (an arm's ``import:`` is imported first, so that the estimator it
+    registers is known when the config names it)."""
+    from mappa_train.config import TrainConfig
+
+    overrides = dict(run.overrides)
+    plugin = overrides.pop("import", None)
+    if plugin:
+        importlib.import_module(plugin)
+    overrides["out_dir"] = str(run_dir)
+    return TrainConfig.from_yaml(suite.config, overrides=[f"{k}={_yaml(v)}" for k, v in overrides.items()])
 
 
 def _yaml(value: Any) -> str:

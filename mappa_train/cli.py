@@ -260,7 +260,7 @@ env_cli.TEAM_ENVS["model"] = model_env
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mappa_train.benchmark import Suite, report, run_grid
+    from mappa_train.benchmark import Suite, report, run_config, run_grid
 
     suite = Suite.load(args.suite)
     out = Path(args.out or Path("runs") / "bench" / suite.name)
@@ -269,6 +269,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     grid = suite.runs(arms, seeds)
     if args.dry_run:
         for run in grid:
+            run_config(suite, run, out / run.folder)  # a config error shows now, not hours into the grid
             print(f"{out / run.folder}: {json.dumps(run.overrides)}")
         return 0
     folders = [out / run.folder for run in grid] if args.report_only else run_grid(suite, out, arms, seeds)

@@ -122,3 +122,13 @@ def test_cli_dry_run_lists_the_grid(capsys):
         "outcome-seed1",
     ]
     assert main(["bench", str(REPO / "bench" / "suites" / "tiny.yaml"), "--dry-run", "--arms", "nope"]) == 2
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "bench" / "suites").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_suites_build_valid_configs(path, tmp_path):
+    from mappa_train.benchmark import run_config
+
+    suite = Suite.load(path)
+    for run in suite.runs(seeds=suite.seeds[:1]):
+        config = run_config(suite, run, tmp_path / run.folder)
+        assert config.seed == run.overrides.get("seed", config.seed)

@@ -56,9 +56,11 @@ QUICK_START = textwrap.dedent(
 
 def _tracked_copy(dest: Path) -> Path:
     """The git-tracked files only, so the build sees what a clean clone sees."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():

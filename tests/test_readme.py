@@ -36,9 +36,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_blocks("python"))))
 def test_python_block_runs(index, tmp_path):
-    code = "\n".join(line[2:] if line.startswith("  ") else line for line in _blocks("python")[index].splitlines())
+    code = "\n".join(
+        line[2:] if line.startswith("  ") else line for line in _blocks("python")[index].splitlines()
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=_env(tmp_path), timeout=600
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        timeout=600,
     )
     assert proc.returncode == 0, f"README python block {index}:\n{code}\n{proc.stderr[-3000:]}"
 
@@ -58,7 +65,12 @@ def test_command_line_tour_runs(tmp_path):
     assert commands and all(c.startswith("mappa ") for c in commands)
     for command in commands:
         proc = subprocess.run(
-            shlex.split(command), cwd=tmp_path, capture_output=True, text=True, env=_env(tmp_path), timeout=900
+            shlex.split(command),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=_env(tmp_path),
+            timeout=900,
         )
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert (tmp_path / "runs" / "bench-tiny" / "leaderboard.md").exists()
