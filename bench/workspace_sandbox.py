@@ -28,7 +28,7 @@ from mappa_envs.scripted import data_science_team
 from mappa_envs.workspace import CellLimits, Kernel, Workspace
 from mappa_envs.workspace.pool import shutdown_all
 from mappa_envs.workspace.procs import descendants
-from mappa_envs.workspace.sandbox import Policy, make_wrapper, probe_bwrap
+from mappa_envs.workspace.sandbox import SandboxPolicy, make_wrapper, probe_bwrap
 
 PRELOAD = "import numpy, pandas, sklearn, sklearn.ensemble, sklearn.linear_model, sklearn.model_selection"
 CELLS = [
@@ -49,7 +49,7 @@ def fresh_root() -> Path:
 
 
 def wrapper_for(level: str):
-    return make_wrapper(level, Policy()).wrapper  # type: ignore[arg-type]
+    return make_wrapper(level, SandboxPolicy()).wrapper  # type: ignore[arg-type]
 
 
 def alternate(fn: Callable[[str], float], reps: int) -> tuple[list[float], list[float]]:

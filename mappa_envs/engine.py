@@ -26,7 +26,7 @@ from mappa_envs.tasks import Task, TaskSet
 from mappa_envs.text import python_blocks, strip_think
 from mappa_envs.workspace import CellLimits, Workspace
 from mappa_envs.workspace.kernel import GiB, Wrapper
-from mappa_envs.workspace.sandbox import Policy, Protection, make_wrapper
+from mappa_envs.workspace.sandbox import Protection, SandboxPolicy, make_wrapper
 
 CLIP_MARKER = "\n[... action clipped at {n} characters ...]"
 
@@ -52,7 +52,7 @@ class PipelineEnv(AECEnv):
         sandbox: ``"auto"`` (default) runs agent code in a bubblewrap sandbox where it can, else with the strongest
             fallback and a one-time warning naming what is not protected; ``"strict"`` refuses to run without
             bubblewrap; ``"none"`` runs agent code unconfined (trusted code only). See ``docs/SANDBOX.md``.
-        sandbox_policy: the sandbox's resource caps (:class:`~mappa_envs.workspace.sandbox.Policy`); by default
+        sandbox_policy: the sandbox's resource caps (:class:`~mappa_envs.workspace.sandbox.SandboxPolicy`); by default
             memory for the whole sandbox is twice ``cell_memory_gb``.
         render_mode: ``"human"`` prints each action, ``"ansi"`` returns the transcript from ``render()``.
     """
@@ -75,7 +75,7 @@ class PipelineEnv(AECEnv):
         keep_workspace: bool = False,
         kernel_wrapper: Wrapper | None = None,
         sandbox: str = "auto",
-        sandbox_policy: Policy | None = None,
+        sandbox_policy: SandboxPolicy | None = None,
         python: str = sys.executable,
         render_mode: str | None = None,
     ) -> None:
@@ -107,7 +107,7 @@ class PipelineEnv(AECEnv):
         if spec.runs_code and kernel_wrapper is None:
             if sandbox_policy is None:
                 memory = 2 * limits.memory_bytes if limits.memory_bytes else None
-                sandbox_policy = Policy(memory_bytes=memory)
+                sandbox_policy = SandboxPolicy(memory_bytes=memory)
             choice = make_wrapper(sandbox, sandbox_policy)  # type: ignore[arg-type]
             kernel_wrapper, self.sandbox = choice.wrapper, choice.protection
         elif kernel_wrapper is not None and sandbox == "strict":
@@ -126,7 +126,6 @@ class PipelineEnv(AECEnv):
             else None
         )
         self._rng = np.random.default_rng()
-        self._episode_counter = 0
         self.task: Task | None = None
         self.records: list[ActionRecord] = []
         self.outcome: dict[str, Any] | None = None
@@ -153,7 +152,6 @@ class PipelineEnv(AECEnv):
             index = int(self._rng.integers(len(self.tasks)))
         self.task = self.tasks[index]
         self.episode_id = f"{self.task.id}-{int(self._rng.integers(2**32)):08x}"
-        self._episode_counter += 1
         self.records = []
         self.outcome = None
         self._slot = 0

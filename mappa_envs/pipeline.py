@@ -8,7 +8,7 @@ Adding a pipeline means writing one of these, not a new engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -118,7 +118,6 @@ class PipelineSpec:
     preload: str = ""
     kernel_per_role: bool = False
     coach_context: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.roles]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mappa_envs.records import Message
 
-Policy = Callable[[str, list[Message]], str]
+Team = Callable[[str, list[Message]], str]
 
 _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"remainder when (\d+) is divided by (\d+)"), lambda m: f"{m[1]} % {m[2]}"),
@@ -49,7 +49,7 @@ def _last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def arithmetic_team() -> Policy:
+def arithmetic_team() -> Team:
     """Solver frames the question, coder computes it in the kernel, verifier boxes what the code printed."""
 
     def act(agent: str, messages: list[Message]) -> str:
@@ -94,7 +94,7 @@ def _compute(expr: str) -> str | None:
     return str(value)
 
 
-def debate_team() -> Policy:
+def debate_team() -> Team:
     """Debaters work the arithmetic out themselves and box it; the judge boxes the debaters' majority answer."""
 
     def act(agent: str, messages: list[Message]) -> str:
@@ -196,7 +196,7 @@ def _evaluation_text(messages: list[Message]) -> str:
     return (match.group(1) if match else user).lower()
 
 
-def data_science_team(forget: tuple[str, ...] = ()) -> Policy:
+def data_science_team(forget: tuple[str, ...] = ()) -> Team:
     """A competent, plain DSBench team: one-hot + median imputation → gradient boosting → submission.
 
     It reads the target from the CSV headers and the metric from the description, as an agent would.
@@ -228,14 +228,14 @@ def data_science_team(forget: tuple[str, ...] = ()) -> Policy:
     return act
 
 
-SCRIPTED_TEAMS: dict[str, Callable[[], Policy]] = {
+SCRIPTED_TEAMS: dict[str, Callable[[], Team]] = {
     "math-chat": arithmetic_team,
     "math-debate": debate_team,
     "dsbench-3agent": data_science_team,
 }
 
 
-def scripted_team(pipeline: str) -> Policy:
+def scripted_team(pipeline: str) -> Team:
     """The scripted team for a pipeline name (e.g. ``"math-chat"``)."""
     try:
         return SCRIPTED_TEAMS[pipeline]()

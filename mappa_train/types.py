@@ -7,7 +7,7 @@ action. Everything downstream — advantages, losses, logs — is a function of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 Message = dict[str, str]
@@ -45,7 +45,6 @@ class Sample:
     episode_id: str = ""
     step: int = 0
     group: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class Policy(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mappa_envs.coach.parse import CoachParseError, parse_judgement, parse_score
-from mappa_envs.coach.think import strip_think
+from mappa_envs.coach.think import strip_reasoning
 
 ACCEPTED = [
     # JSON, the requested shape
@@ -141,4 +141,4 @@ def test_long_rationale_is_trimmed_with_marker() -> None:
     ],
 )
 def test_strip_think(text: str, visible: str) -> None:
-    assert strip_think(text) == visible
+    assert strip_reasoning(text) == visible

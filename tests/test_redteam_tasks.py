@@ -23,14 +23,16 @@ from mappa_envs import run_episode, team_from_replies
 from mappa_envs.tabular import load_dsbench_tasks
 from mappa_envs.taskgen import dsbench_gen
 from mappa_envs.taskgen import secret as secret_mod
-from mappa_envs.workspace.sandbox import Policy, probe_bwrap
+from mappa_envs.workspace.sandbox import SandboxPolicy, probe_bwrap
 
 BWRAP = probe_bwrap()
 pytestmark = pytest.mark.skipif(
     not BWRAP.ok, reason=f"bubblewrap cannot run here ({BWRAP.error}); `make test` installs it where it may"
 )
 MiB = 1024**2
-POLICY = Policy(memory_bytes=2 * 1024**3, disk_bytes=64 * MiB, tmp_bytes=32 * MiB, runtime_bytes=16 * MiB)
+POLICY = SandboxPolicy(
+    memory_bytes=2 * 1024**3, disk_bytes=64 * MiB, tmp_bytes=32 * MiB, runtime_bytes=16 * MiB
+)
 EPISODE_BOUND_S = 120.0
 TEST_SECRET = bytes(range(32))
 SYNTHETIC = (
@@ -119,7 +121,7 @@ print("ERRORS", errors)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def make_env(tasks: Path, tmp_path: Path, policy: Policy = POLICY):
+def make_env(tasks: Path, tmp_path: Path, policy: SandboxPolicy = POLICY):
     return mappa_envs.make(
         "dsbench-3agent",
         reward="outcome",
@@ -242,7 +244,9 @@ try:
 except OSError as e:
     print("NO COPY", type(e).__name__)
 """
-    env = make_env(embedded_dir(task), tmp_path, Policy(**{**POLICY.__dict__, "ro_binds": (str(shared),)}))
+    env = make_env(
+        embedded_dir(task), tmp_path, SandboxPolicy(**{**POLICY.__dict__, "ro_binds": (str(shared),)})
+    )
     try:
         result, outcome = attack(env, steal, task.id)
         assert result.ok, result.error

@@ -27,7 +27,7 @@ from mappa_envs.workspace.procs import alive, descendants
 from mappa_envs.workspace.sandbox import (
     BwrapProbe,
     BwrapSandbox,
-    Policy,
+    SandboxPolicy,
     SandboxUnavailable,
     SandboxWarning,
     make_wrapper,
@@ -39,7 +39,7 @@ needs_bwrap = pytest.mark.skipif(
     not BWRAP.ok, reason=f"bubblewrap cannot run here ({BWRAP.error}); `make test` installs it where it may"
 )
 MiB = 1024**2
-POLICY = Policy(
+POLICY = SandboxPolicy(
     memory_bytes=2 * 1024**3, disk_bytes=64 * MiB, tmp_bytes=32 * MiB, runtime_bytes=16 * MiB, max_pids=64
 )
 

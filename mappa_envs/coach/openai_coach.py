@@ -446,7 +446,9 @@ class OpenAICoach:
             try:
                 from openai import AsyncOpenAI
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("OpenAICoach needs the openai package: pip install 'mappa-rl[coach]'") from e
+                raise ImportError(
+                    "OpenAICoach needs the openai package: pip install 'mappa-rl[coach]'"
+                ) from e
             key = self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"  # local servers take any key
             kwargs: dict[str, Any] = {"api_key": key, "max_retries": 0, "timeout": self.timeout_s}
             if self.base_url is not None:

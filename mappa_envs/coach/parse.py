@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from mappa_envs.coach.think import strip_think
+from mappa_envs.coach.think import strip_reasoning
 from mappa_envs.records import Judgement, trim
 
 SCORE_KEYS = ("score", "process_score", "final_score", "overall_score")
@@ -83,7 +83,7 @@ def parse_score(reply: str | None, *, strict: bool = False) -> tuple[float, str]
     """Return ``(score, rationale)`` from a reply; raise :class:`CoachParseError` if it is not readable."""
     if reply is None or not reply.strip():
         raise CoachParseError("empty reply", reply)
-    text = strip_think(reply)
+    text = strip_reasoning(reply)
     if not text:
         raise CoachParseError("the reply holds only reasoning (<think>) and no answer", reply)
     if strict:

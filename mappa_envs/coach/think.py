@@ -15,7 +15,7 @@ from mappa_envs.text import strip_think as _strip_think_tags
 _OTHER_TAGS = re.compile(r"<(/?)(?:thinking|reasoning)\s*>", re.IGNORECASE)
 
 
-def strip_think(text: str) -> str:
+def strip_reasoning(text: str) -> str:
     """``text`` without ``<think>``/``<thinking>``/``<reasoning>`` blocks, stripped of surrounding whitespace.
 
     Complete blocks are removed; everything before an unpaired closing tag is reasoning (the chat template opened

@@ -1,6 +1,6 @@
 """One memory budget for every sandbox of this process, sized from the machine.
 
-Each sandbox has its own memory cap (:class:`~.sandbox.Policy`), but B parallel episodes (and the warm kernels of
+Each sandbox has its own memory cap (:class:`~.sandbox.SandboxPolicy`), but B parallel episodes (and the warm kernels of
 the pool) each get one: eight episodes capped at 8 GiB on a 24 GiB machine can together take the host down — the
 trainer with it. So all sandboxes of a process live in one parent memory cgroup whose limit is this budget: a cell
 that pushes the total over it is OOM-killed *inside its sandbox* (the agent sees a tool error, the kernel restarts),
@@ -85,6 +85,6 @@ def check(requested: int | None, what: str) -> None:
         raise MemoryBudgetError(
             f"{what} asks for {requested / GiB:.3g} GiB of memory, but this process's budget for all sandboxes "
             f"together is {budget / GiB:.3g} GiB ({FRACTION:.0%} of the {host_bytes() / GiB:.3g} GiB this "
-            f"machine gives it). Lower cell_memory_gb (or sandbox_policy=Policy(memory_bytes=...)), or set "
+            f"machine gives it). Lower cell_memory_gb (or sandbox_policy=SandboxPolicy(memory_bytes=...)), or set "
             f"{ENV_VAR} if you know the machine has more"
         )

@@ -82,7 +82,7 @@ class SandboxWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class Policy:
+class SandboxPolicy:
     """Resource caps of one sandboxed kernel (all processes it spawns together).
 
     ``memory_bytes`` caps the sandbox's total memory (a memory cgroup: every process, plus what it writes to the
@@ -316,12 +316,14 @@ def _unshare_args() -> tuple[str, ...] | None:
 
 # ------------------------------------------------------------------------------------------------- sandboxes
 class BwrapSandbox:
-    """A kernel wrapper that runs the kernel in bubblewrap with a :class:`Policy` (see the module docstring)."""
+    """A kernel wrapper that runs the kernel in bubblewrap with a :class:`SandboxPolicy` (see the module docstring)."""
 
     binds_workdir = True
     interrupt_by_message = True
 
-    def __init__(self, policy: Policy = Policy(), bwrap: str | None = None, level: str = "auto") -> None:
+    def __init__(
+        self, policy: SandboxPolicy = SandboxPolicy(), bwrap: str | None = None, level: str = "auto"
+    ) -> None:
         budget.check(
             policy.memory_bytes
             and policy.memory_bytes + policy.disk_bytes + 2 * policy.tmp_bytes + policy.runtime_bytes,
@@ -372,7 +374,7 @@ class BwrapSandbox:
             "the Linux kernel itself: no seccomp filter, so a kernel exploit escapes",
             "CPU: no CPU quota; background processes spin until the episode ends (cells have a wall-time limit)",
             "data shipped inside installed packages is readable, except the task sources masked by "
-            "Policy.hide_data (scikit-learn's bundled datasets, palmerpenguins)",
+            "SandboxPolicy.hide_data (scikit-learn's bundled datasets, palmerpenguins)",
         ]
         if not self._probe.disable_userns:
             unprotected.append("nested user namespaces are allowed (bwrap too old for --disable-userns)")
@@ -509,7 +511,7 @@ class FallbackSandbox:
     binds_workdir = False
     interrupt_by_message = True
 
-    def __init__(self, policy: Policy = Policy(), reason: str = "") -> None:
+    def __init__(self, policy: SandboxPolicy = SandboxPolicy(), reason: str = "") -> None:
         budget.check(
             policy.memory_bytes and policy.memory_bytes + policy.disk_bytes,
             "one sandbox (memory: 2 x cell_memory_gb by default, plus its disk cap)",
@@ -605,7 +607,7 @@ class SandboxChoice:
 
 def make_wrapper(
     level: Level = "auto",
-    policy: Policy = Policy(),
+    policy: SandboxPolicy = SandboxPolicy(),
     bwrap: str | None = None,
 ) -> SandboxChoice:
     """The kernel wrapper for ``level``.
