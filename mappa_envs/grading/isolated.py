@@ -112,7 +112,8 @@ class Worker:
         if self._proc is not None and self._proc.poll() is None:
             return
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mappa_envs.grading.isolated"],
+            # not `-m`: importing the mappa_envs package imports this module first, and runpy would warn
+            [sys.executable, "-c", "from mappa_envs.grading.isolated import _serve; _serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self._env(),
