@@ -127,10 +127,36 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"\nheld-out success of the untrained team: {before}")
         else:
             print(f"\nheld-out success: before {_shown(before)} → after {after}")
+            print(_what_happened(Path(config.out_dir), before, after))
         print(
             f"run folder: {config.out_dir} (metrics.jsonl, transcripts.jsonl, curves.png, checkpoints/, tensorboard/)"
         )
     return 0
+
+
+def _what_happened(run: Path, before: float | None, after: float | None) -> str:
+    """A newcomer's reading of a finished run: what changed, how much that can mean, where to look next."""
+    from mappa_train.runlog import read_metrics
+
+    rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
+    train = [r["train/success_rate"] for r in rows if "train/success_rate" in r]
+    episodes = max((int(r.get("episodes_seen", 0)) for r in rows), default=0)
+    lines = []
+    if train:
+        lines.append(f"training success per step: {', '.join(f'{s:.2f}' for s in train)} ({episodes} episodes)")
+    if before is not None and after is not None:
+        if after > before:
+            lines.append("the trained team solves more held-out tasks than the untrained one")
+        elif after < before:
+            lines.append("the trained team solves fewer held-out tasks than the untrained one")
+        else:
+            lines.append("no change on the held-out tasks")
+        lines.append(
+            "a few dozen episodes rarely move a 135M model; docs/RESULTS.md has 80-episode runs over several seeds "
+            "and `mappa bench bench/suites/math-one-step.yaml` reruns that comparison"
+        )
+    lines.append(f"look at: {run / 'curves.png'} (curves), {run / 'transcripts.jsonl'} (every action, scored)")
+    return "\n".join(lines)
 
 
 def _shown(value: Any) -> str:
