@@ -99,6 +99,18 @@ def build_policy(config: TrainConfig, roles: list[str]):
         top_p=config.top_p,
         max_prompt_tokens=config.max_prompt_tokens,
     )
+    if config.sampler == "vllm":
+        from mappa_train.vllm_sampler import VLLMSampler
+
+        adapter_dir = config.vllm_adapter_dir or str(Path(config.out_dir) / "vllm-adapters")
+        policy.sampler = VLLMSampler(
+            config.vllm_url,
+            adapter_dir,
+            policy.weights,
+            policy.stop_token_ids,
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            timeout=config.vllm_timeout,
+        )
     return policy.enable_gradient_checkpointing() if config.gradient_checkpointing else policy
 
 
