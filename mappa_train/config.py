@@ -46,7 +46,9 @@ class TrainConfig:
     # runtime-loaded LoRA adapter per role; docs/SERVING.md "Training with vLLM generation")
     sampler: str = "hf"
     vllm_url: str = "http://127.0.0.1:8000"  # the vLLM server (sampler: vllm)
-    vllm_adapter_dir: str = ""  # where adapters are saved for the server to load; "" = <out_dir>/vllm-adapters
+    vllm_adapter_dir: str = (
+        ""  # where adapters are saved for the server to load; "" = <out_dir>/vllm-adapters
+    )
     vllm_timeout: float = 600.0  # seconds per request to the vLLM server
     # algorithm
     # the estimator, by its registered name (mappa_train.algorithms): "reinforce_pp", "reinforce_pp_baseline"

@@ -70,7 +70,9 @@ class VLLMSampler:
         if self.url.endswith("/v1"):
             self.url = self.url[: -len("/v1")]
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"vllm_url {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000)")
+            raise ValueError(
+                f"vllm_url {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000)"
+            )
         # the server resolves lora_path on its own file system: always send absolute paths
         self.adapter_dir = Path(adapter_dir).expanduser().resolve()
         self.weights = weights
@@ -99,7 +101,9 @@ class VLLMSampler:
             raise self._http_error(path, e.code, e.read()) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
-            raise VLLMError(f"cannot reach the vLLM server at {self.url} ({path}: {reason}); {START_HINT}") from None
+            raise VLLMError(
+                f"cannot reach the vLLM server at {self.url} ({path}: {reason}); {START_HINT}"
+            ) from None
         self.requests_sent += 1
         try:
             return json.loads(raw) if raw.strip() else None
@@ -143,7 +147,9 @@ class VLLMSampler:
         present = set(self.served_models()) if not self.loaded else set()
         for role in self.weights.roles:
             name = adapter_name(role)
-            if role in self.loaded or name in present:  # a server started with --lora-modules holds stale ones
+            if (
+                role in self.loaded or name in present
+            ):  # a server started with --lora-modules holds stale ones
                 self._post("/v1/unload_lora_adapter", {"lora_name": name})
                 self.loaded.pop(role, None)
             self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder / role)})
@@ -199,7 +205,9 @@ class VLLMSampler:
             "stream": False,
         }
 
-    def _generate_role(self, role: str, prompts: list[list[int]], settings: SamplingSettings) -> list[Generation]:
+    def _generate_role(
+        self, role: str, prompts: list[list[int]], settings: SamplingSettings
+    ) -> list[Generation]:
         reply = self._post("/v1/completions", self.request_body(role, prompts, settings))
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list) or len(choices) != len(prompts):
@@ -230,7 +238,9 @@ def choice_tokens(choice: dict[str, Any]) -> tuple[list[int], list[float]]:
     lp = choice.get("logprobs") or {}
     token_logprobs = lp.get("token_logprobs")
     if token_logprobs is None:
-        raise VLLMError("the server returned no per-token logprobs: is it a vLLM OpenAI server? (sent logprobs=0)")
+        raise VLLMError(
+            "the server returned no per-token logprobs: is it a vLLM OpenAI server? (sent logprobs=0)"
+        )
     ids = choice.get("token_ids")
     if ids is None:  # vLLM < 0.10.2: tokens are 'token_id:N' strings with return_tokens_as_token_ids
         try:

@@ -68,7 +68,9 @@ class FakeVLLM:
             def _send(self, code: int, body: Any) -> None:
                 raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+                self.send_header(
+                    "Content-Type", "text/plain" if isinstance(body, str) else "application/json"
+                )
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -89,7 +91,9 @@ class FakeVLLM:
                 fake.calls.append((self.path, body))
                 routes = {"/v1/completions": fake.completions}
                 if fake.allow_runtime_lora:
-                    routes.update({"/v1/load_lora_adapter": fake.load, "/v1/unload_lora_adapter": fake.unload})
+                    routes.update(
+                        {"/v1/load_lora_adapter": fake.load, "/v1/unload_lora_adapter": fake.unload}
+                    )
                 route = routes.get(self.path)
                 if route is None:
                     self._send(404, {"detail": "Not Found"})
@@ -181,8 +185,12 @@ class FakeVLLM:
         prompts = body.get("prompt")
         if prompts and all(isinstance(t, int) for t in prompts):
             prompts = [prompts]
-        if not prompts or not all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
-            return 400, error("this fake server takes prompts as token ids (a list of ints, or of such lists)", 400)
+        if not prompts or not all(
+            isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts
+        ):
+            return 400, error(
+                "this fake server takes prompts as token ids (a list of ints, or of such lists)", 400
+            )
         settings = {
             "max_tokens": int(body.get("max_tokens") or 16),
             "temperature": float(body.get("temperature", 1.0)),

@@ -73,7 +73,9 @@ def test_ids_and_logprobs_round_trip_and_match_the_trainers_scorer(fake, tmp_pat
     policy = tiny_policy()
     perturb(policy, seed=1)
     vllm_sampler(policy, fake.url, tmp_path)
-    prompts = [policy.encode_prompt([{"role": "user", "content": q}]) for q in ("What is 2+2?", "Hi", "Solve x")]
+    prompts = [
+        policy.encode_prompt([{"role": "user", "content": q}]) for q in ("What is 2+2?", "Hi", "Solve x")
+    ]
     requests = [Request("coder", prompts[0]), Request("verifier", prompts[1]), Request("coder", prompts[2])]
     gens = policy.sampler.generate(requests, SamplingSettings(max_new_tokens=8, temperature=1.0))
 
@@ -85,7 +87,9 @@ def test_ids_and_logprobs_round_trip_and_match_the_trainers_scorer(fake, tmp_pat
     for request, gen in zip(requests, gens, strict=True):
         assert gen.prompt_ids == request.prompt_ids
         assert len(gen.completion_ids) == len(gen.logprobs) > 0
-        assert gen.truncated == (len(gen.completion_ids) == 8 and gen.completion_ids[-1] not in policy.stop_token_ids)
+        assert gen.truncated == (
+            len(gen.completion_ids) == 8 and gen.completion_ids[-1] not in policy.stop_token_ids
+        )
         with policy.forward_role(request.role) as model, torch.no_grad():
             scored = completion_logprobs(model, [gen.prompt_ids], [gen.completion_ids], policy.pad_id)[0]
         with policy.reference() as model, torch.no_grad():
@@ -111,10 +115,19 @@ def test_greedy_generation_equals_the_in_process_sampler(fake, tmp_path):
 
 def test_a_training_run_reloads_every_adapter_after_each_update(fake, tmp_path):
     config = tiny_config(
-        tmp_path, "sampler=vllm", f"vllm_url={fake.url}/v1", "steps=2", "eval_at_start=false", "eval_episodes=2"
+        tmp_path,
+        "sampler=vllm",
+        f"vllm_url={fake.url}/v1",
+        "steps=2",
+        "eval_at_start=false",
+        "eval_episodes=2",
+        "kl_beta=0.5",
     )
     trainer = Trainer(config)
     roles = trainer.policy.roles
+    # a random tiny model's rules-coach rewards are all equal (nothing would move): off the reference, the KL term
+    # in the reward differs per token, so every update moves every adapter
+    perturb(trainer.policy, seed=4)
     start = {r: {k: v.clone() for k, v in lora_state(trainer.policy, r).items()} for r in roles}
     trainer.fit()
 
@@ -155,7 +168,9 @@ def test_an_unreachable_server_names_the_url_and_how_to_start_one(tmp_path):
     policy = tiny_policy()
     url = f"http://127.0.0.1:{free_port()}"
     vllm_sampler(policy, url, tmp_path, timeout=5)
-    with pytest.raises(VLLMError, match=rf"cannot reach the vLLM server at {url}.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+    with pytest.raises(
+        VLLMError, match=rf"cannot reach the vLLM server at {url}.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+    ):
         policy.generate_ids("coder", [[1, 2, 3]])
 
 
