@@ -9,7 +9,7 @@ Endpoints (as ``vllm serve BASE --enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_U
 * ``POST /v1/unload_lora_adapter`` ``{lora_name}`` — 200; 404 if the name is not loaded.
 * ``POST /v1/completions`` — ``prompt`` as a list of token ids or a list of such lists, ``model`` = the base or an
   adapter, ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k`` (-1/0 = off), ``stop_token_ids``,
-  ``logprobs``, ``return_tokens_as_token_ids`` and ``return_token_ids`` (the reply's ``token_ids``; left out when
+  ``ignore_eos``, ``logprobs``, ``return_tokens_as_token_ids`` and ``return_token_ids`` (the reply's ``token_ids``; left out when
   built with ``legacy=True``, as vLLM < 0.10.2). The reported log-probs are vLLM's default ``raw_logprobs``: the
   untempered model distribution. Sampling is its own full-forward loop (no KV cache), independent of mappa's.
 
@@ -196,7 +196,8 @@ class FakeVLLM:
             "temperature": float(body.get("temperature", 1.0)),
             "top_p": float(body.get("top_p", 1.0)),
             "top_k": int(body.get("top_k", -1)),
-            "stops": {self.eos, *body.get("stop_token_ids", [])},
+            "stops": set(body.get("stop_token_ids") or [])
+            | (set() if body.get("ignore_eos") else {self.eos}),
         }
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         choices = []
