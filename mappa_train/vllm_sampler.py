@@ -46,9 +46,9 @@ class VLLMError(RuntimeError):
     """A vLLM server refused or failed a request; the message names the endpoint, the server's words and a fix."""
 
 
-def adapter_name(role: str) -> str:
+def adapter_name(role: str, suffix: str = "") -> str:
     """The name a role's adapter is served under (``model=`` of its requests)."""
-    return f"{ADAPTER_PREFIX}{role}"
+    return f"{ADAPTER_PREFIX}{role}{suffix}"
 
 
 class VLLMSampler:
@@ -63,6 +63,7 @@ class VLLMSampler:
         decode: Callable[[list[int]], str] | None = None,
         timeout: float = 600.0,
         keep_versions: int = 2,
+        name_suffix: str = "",
     ) -> None:
         if weights.mode != "lora":
             raise ValueError("the vLLM sampler serves one LoRA adapter per role: it needs mode='lora'")
@@ -80,6 +81,8 @@ class VLLMSampler:
         self.decode = decode
         self.timeout = timeout
         self.keep_versions = max(1, keep_versions)
+        # data-parallel processes share one server: each pushes its own adapters ("-rank1", its own folder)
+        self.name_suffix = name_suffix
         self.version = 0  # updates pushed to the server; 0 = none yet
         self.loaded: dict[str, Path] = {}  # role -> adapter folder the server holds for it
         self.requests_sent = 0
@@ -146,7 +149,7 @@ class VLLMSampler:
         folder = self.weights.save(self.adapter_dir / f"v{version:06d}")
         present = set(self.served_models()) if not self.loaded else set()
         for role in self.weights.roles:
-            name = adapter_name(role)
+            name = adapter_name(role, self.name_suffix)
             if (
                 role in self.loaded or name in present
             ):  # a server started with --lora-modules holds stale ones
@@ -189,7 +192,7 @@ class VLLMSampler:
         """The ``/v1/completions`` body for one role's prompts: every sampling knob explicit, so the server's
         model-specific defaults (``--generation-config auto``) cannot change what is sampled."""
         return {
-            "model": adapter_name(role),
+            "model": adapter_name(role, self.name_suffix),
             "prompt": prompts,
             "max_tokens": settings.max_new_tokens,
             "temperature": settings.temperature,

@@ -231,3 +231,11 @@ def test_config_selects_the_sampler_and_refuses_what_vllm_cannot_do(tmp_path):
         TrainConfig.from_dict({}, ["sampler=vllm", "old_logprobs=sampler"])
     with pytest.raises(ConfigError, match="vllm_url='localhost:8000' must start with http://"):
         TrainConfig.from_dict({}, ["sampler=vllm", "vllm_url=localhost:8000"])
+
+
+def test_data_parallel_processes_push_adapters_under_their_own_names(fake, tmp_path):
+    policy = tiny_policy()
+    vllm_sampler(policy, fake.url, tmp_path, name_suffix="-rank1")
+    assert len(policy.generate_ids("verifier", [[1, 2, 3]])) == 1
+    assert sorted(fake.adapters) == [adapter_name(r, "-rank1") for r in ROLES]
+    assert [b["model"] for p, b in fake.calls if p == "/v1/completions"] == ["mappa-verifier-rank1"]
