@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        from mappa_train.threads import configure
+
+        configure()  # torch on the idle cores only: oversubscribed threads make CPU numbers meaningless
     torch.manual_seed(0)
 
     model, tokenizer, what, path = load_model(args.model, device)
