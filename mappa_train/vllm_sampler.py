@@ -147,12 +147,13 @@ class VLLMSampler:
             self.weights = weights
         version = self.version + 1
         folder = self.weights.save(self.adapter_dir / f"v{version:06d}")
-        present = set(self.served_models()) if not self.loaded else set()
+        # names this sampler has not loaded may still be on the server: started with --lora-modules, left by an
+        # earlier run or by an update that failed half-way
+        unknown = set(self.weights.roles) - set(self.loaded)
+        present = set(self.served_models()) if unknown else set()
         for role in self.weights.roles:
             name = adapter_name(role, self.name_suffix)
-            if (
-                role in self.loaded or name in present
-            ):  # a server started with --lora-modules holds stale ones
+            if role in self.loaded or name in present:
                 self._post("/v1/unload_lora_adapter", {"lora_name": name})
                 self.loaded.pop(role, None)
             self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder / role)})
