@@ -239,3 +239,15 @@ def test_data_parallel_processes_push_adapters_under_their_own_names(fake, tmp_p
     assert len(policy.generate_ids("verifier", [[1, 2, 3]])) == 1
     assert sorted(fake.adapters) == [adapter_name(r, "-rank1") for r in ROLES]
     assert [b["model"] for p, b in fake.calls if p == "/v1/completions"] == ["mappa-verifier-rank1"]
+
+
+def test_an_update_that_failed_half_way_does_not_break_the_next_one(fake, tmp_path):
+    policy = tiny_policy()
+    sampler = vllm_sampler(policy, fake.url, tmp_path)
+    sampler.on_update(policy.weights)
+    sampler.loaded.pop("verifier")  # as if the process died between the coder's and the verifier's swap
+    perturb(policy, seed=5)
+    sampler.on_update(policy.weights)
+    for role in ROLES:
+        ours = lora_state(policy, role)
+        assert all(torch.equal(ours[k], v) for k, v in fake.adapter_state(adapter_name(role)).items())
