@@ -42,6 +42,14 @@ class TrainConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     eval_temperature: float = 0.0  # 0 = greedy decoding on held-out tasks
+    # generation backend: "hf" (in-process, the team's own modules) or "vllm" (a vLLM OpenAI server with one
+    # runtime-loaded LoRA adapter per role; docs/SERVING.md "Training with vLLM generation")
+    sampler: str = "hf"
+    vllm_url: str = "http://127.0.0.1:8000"  # the vLLM server (sampler: vllm)
+    vllm_adapter_dir: str = (
+        ""  # where adapters are saved for the server to load; "" = <out_dir>/vllm-adapters
+    )
+    vllm_timeout: float = 600.0  # seconds per request to the vLLM server
     # algorithm
     # the estimator, by its registered name (mappa_train.algorithms): "reinforce_pp", "reinforce_pp_baseline"
     # (group mean/std baseline, then REINFORCE++; what "grpo" meant before), "grpo" (per-agent GRPO, group_size >= 2)
@@ -113,6 +121,7 @@ class TrainConfig:
         validation.check_choices(self, CHOICES, where)
         validation.check_ranges(self, RANGES, where)
         validation.check_env_kwargs(self.env, self.env_kwargs, RESERVED_ENV_KWARGS, where)
+        check_sampler(self, where)
         from mappa_train.algorithms import get_estimator  # the registry knows its estimators' needs
 
         try:
@@ -124,6 +133,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def check_sampler(config: TrainConfig, where: str) -> None:
+    """``sampler: vllm`` serves LoRA adapters and reports untempered log-probs: lora mode, recomputed old log-probs."""
+    if config.sampler != "vllm":
+        return
+    if config.mode != "lora":
+        raise validation.ConfigError(
+            f"{where}: sampler=vllm serves one LoRA adapter per role; set mode=lora (or sampler=hf for mode=full)"
+        )
+    if config.old_logprobs != "recompute":
+        raise validation.ConfigError(
+            f"{where}: sampler=vllm needs old_logprobs=recompute: vLLM reports log-probs of the untempered "
+            "distribution, not those the trainer's scorer computes"
+        )
+    if not config.vllm_url.startswith(("http://", "https://")):
+        raise validation.ConfigError(
+            f"{where}: vllm_url={config.vllm_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000)"
+        )
+
+
 # what the messages of a config being loaded name: its file, or "config"
 _WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="config")
 
@@ -133,6 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kl_in": ("reward", "loss"),
     "loss": ("ppo", "reinforce"),
     "old_logprobs": ("recompute", "sampler"),
+    "sampler": ("hf", "vllm"),
 }
 # (low, high, what the bounds mean); None = unbounded. Fields not named here are only type-checked.
 RANGES: dict[str, tuple[float | None, float | None, str]] = {
@@ -159,6 +188,7 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "temperature": (0, None, "0 = greedy"),
     "eval_temperature": (0, None, "0 = greedy"),
     "top_p": (0, 1, ""),
+    "vllm_timeout": (0, None, ""),
 }
 # make() arguments the trainer sets from config keys of their own: an env_kwargs entry would be overridden
 RESERVED_ENV_KWARGS: dict[str, str] = {

@@ -99,6 +99,20 @@ def build_policy(config: TrainConfig, roles: list[str]):
         top_p=config.top_p,
         max_prompt_tokens=config.max_prompt_tokens,
     )
+    if config.sampler == "vllm":
+        from mappa_train.vllm_sampler import VLLMSampler
+
+        adapter_dir = Path(config.vllm_adapter_dir or Path(config.out_dir) / "vllm-adapters")
+        suffix = f"-rank{dist.rank()}" if dist.world_size() > 1 else ""
+        policy.sampler = VLLMSampler(
+            config.vllm_url,
+            adapter_dir / suffix.strip("-") if suffix else adapter_dir,
+            policy.weights,
+            policy.stop_token_ids,
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            timeout=config.vllm_timeout,
+            name_suffix=suffix,
+        )
     return policy.enable_gradient_checkpointing() if config.gradient_checkpointing else policy
 
 
