@@ -261,3 +261,41 @@ def test_a_tiny_run_with_corrections_logs_them_per_role(tmp_path):
     for role in ("solver", "coder", "verifier"):
         assert row[f"corrections/{role}"] > 0, role  # a random tiny model never states the right answer
         assert row[f"sft_loss/{role}"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ the LLM coach
+
+
+def test_llm_coach_asks_for_a_correction_only_on_request_and_caches_it(tmp_path):
+    import json
+
+    from mappa_envs.coach import OpenAICoach
+    from mappa_envs.coach.parse import parse_correction
+    from tests.coach_fixtures import MATH_ROLES, record
+    from tests.fake_openai_server import FakeOpenAIServer, Reply
+
+    fixed = "The Code Executor printed 4, so \\boxed{4}."
+    records = [record("solver", 0, "The answer is 5.", env_id="math-chat-v2")]
+    with FakeOpenAIServer() as srv:
+        srv.replies = [Reply(text=json.dumps({"rationale": "wrong", "score": 2, "correction": fixed}))] * 3
+        kw = {"base_url": srv.base_url, "cache_dir": tmp_path / "cache", "backoff_s": 0.01}
+        with OpenAICoach("fake", **kw) as plain:
+            [j] = plain.judge(records, MATH_ROLES)
+        assert j.correction is None  # not asked for: not taken, even when the model volunteers one
+        req = srv.requests[-1]
+        assert "correction" not in req.body["response_format"]["json_schema"]["schema"]["properties"]
+        assert '"correction"' not in req.messages[-1]["content"]
+        with OpenAICoach("fake", corrections=True, **kw) as coach:
+            [j] = coach.judge(records, MATH_ROLES)
+            assert (j.score, j.correction, j.source) == (2.0, fixed, "llm")
+            req = srv.requests[-1]
+            schema = req.body["response_format"]["json_schema"]["schema"]
+            assert schema["properties"]["correction"] == {"type": ["string", "null"]}
+            assert "correction" in schema["required"] and '"correction"' in req.messages[-1]["content"]
+            [again] = coach.judge(records, MATH_ROLES)  # the same prompt: from the cache, correction and all
+            assert (again.source, again.correction) == ("cache", fixed)
+    # prose around a JSON verdict: the correction is read from the scored object only
+    assert parse_correction('He wrote {"correction": "x"}. {"score": 3, "correction": null}') is None
+    assert (
+        parse_correction('{"score": 3, "rationale": "r", "correction": "do this"}', strict=True) == "do this"
+    )
