@@ -122,7 +122,7 @@ def parse_score(reply: str | None, *, strict: bool = False) -> tuple[float, str]
 def parse_correction(reply: str | None, *, strict: bool = False) -> str | None:
     """The ``correction`` string of the reply's (last) scored JSON object; None when there is none, it is null
     or empty. Read only from the object that holds the score, so a correction quoted in prose is not taken."""
-    text = strip_think(reply or "")
+    text = strip_reasoning(reply or "")
     if strict:
         try:
             found = [json.loads(text)]
