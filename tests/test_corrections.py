@@ -250,17 +250,20 @@ def test_correction_weight_needs_a_coach():
         TrainConfig.from_dict({}, ["reward=outcome", "correction_weight=1.0"])
 
 
-def test_a_tiny_run_with_corrections_logs_them_per_role(tmp_path):
+def test_a_tiny_run_with_corrections_logs_them_per_role_reproducibly(tmp_path):
     from mappa_train.runlog import read_metrics
     from mappa_train.trainer import Trainer
     from tests.test_trainer import tiny_config
 
-    trainer = Trainer(tiny_config(tmp_path, "steps=1", "eval_at_start=false", "correction_weight=1.0"))
-    trainer.fit()
-    row = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 1][-1]
+    rows = []
+    for run in ("a", "b"):  # the same config twice: the same corrections, the same supervised losses
+        Trainer(tiny_config(tmp_path / run, "steps=1", "eval_at_start=false", "correction_weight=1.0")).fit()
+        rows.append([r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["step"] == 1][-1])
     for role in ("solver", "coder", "verifier"):
-        assert row[f"corrections/{role}"] > 0, role  # a random tiny model never states the right answer
-        assert row[f"sft_loss/{role}"] > 0
+        assert rows[0][f"corrections/{role}"] > 0, role  # a random tiny model never states the right answer
+        assert rows[0][f"sft_loss/{role}"] > 0
+        for key in (f"corrections/{role}", f"sft_loss/{role}", f"loss/{role}"):
+            assert rows[0][key] == rows[1][key], key
 
 
 # ------------------------------------------------------------------------------------------------ the LLM coach
