@@ -42,6 +42,13 @@ class AnswerFormat(Protocol):
     def check(self, text: str, expected: str) -> bool | None: ...
 
 
+Corrector = Callable[[ActionRecord, "Role", Sequence[ActionRecord]], "str | None"]
+"""``correct(record, role, episode) -> reply | None``: what ``role`` should have replied at ``record``, where the
+pipeline knows it (the maths answer once the outcome holds it, the scripted competent code), else None (the action
+did not fall short, or nothing is known). The coach calls it, so no coach module knows a pipeline's answers; it
+reads only the receipts, and never anything hidden from the agents it trains (a DSBench test label)."""
+
+
 @dataclass(frozen=True)
 class Role:
     """One agent of the team, and what a coach needs to know about it.
@@ -52,6 +59,7 @@ class Role:
     format its final reply must state an answer in (None: it states none). ``graded``: the episode outcome grades
     this role's final work (the rules coach books the outcome on its last action). ``rubrics``: extra rubric
     objects (:class:`mappa_envs.coach.rubrics.Rubric`) the rules coach applies to this role's actions.
+    ``corrector``: the pipeline's :data:`Corrector` for this role; a coach asked for corrections calls it.
     """
 
     name: str
@@ -65,6 +73,7 @@ class Role:
     answer: AnswerFormat | None = None
     graded: bool = False
     rubrics: tuple[Any, ...] = ()
+    corrector: Corrector | None = None
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -79,6 +88,11 @@ class Role:
                 raise TypeError(
                     f"role {self.name!r}: every rubric needs a score(record, context) method; got {rubric!r}"
                 )
+        if self.corrector is not None and not callable(self.corrector):
+            raise TypeError(
+                f"role {self.name!r}: corrector must be a callable (record, role, episode) -> str | None; "
+                f"got {self.corrector!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,15 @@ class Judgement:
     (a stored model answer), ``"rules"`` (the offline rule coach) and ``"fallback"`` (no usable answer; the score
     is the configured fallback value, counted as such); a user's coach names its own (a short identifier such as
     ``"custom"`` or ``"heuristic"``). Only ``"fallback"`` has a meaning to the rest of mappa.
+
+    ``correction``: what this role should have replied at this point (a coach that knows, or was asked to say),
+    else None. It is a training target only (the trainer's supervised term): the env never shows it to an agent.
     """
 
     score: float
     rationale: str
     source: str
+    correction: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.score) <= 10.0:
@@ -70,6 +74,10 @@ class Judgement:
             raise ValueError(
                 "Judgement.source must be a short identifier such as 'llm', 'rules' or 'custom' "
                 f"(letters, digits, '_', '-', '.', ':'; at most 64), got {self.source!r}"
+            )
+        if self.correction is not None and not isinstance(self.correction, str):
+            raise TypeError(
+                f"Judgement.correction must be a str or None, got {type(self.correction).__name__}"
             )
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from mappa_envs.records import Message
+from mappa_envs.records import ActionRecord, FileInfo, Message
 
 Team = Callable[[str, list[Message]], str]
 
@@ -196,6 +197,25 @@ def _evaluation_text(messages: list[Message]) -> str:
     return (match.group(1) if match else user).lower()
 
 
+def _classification(evaluation: str) -> bool:
+    return any(w in evaluation for w in _CLASSIFICATION_WORDS)
+
+
+def _submission_mode(evaluation: str) -> str:
+    if "precision at 3" in evaluation:
+        return "top3"
+    return "proba" if ("log loss" in evaluation or "roc" in evaluation) else "values"
+
+
+def _role_code(agent: str, evaluation: str, forget: tuple[str, ...] = ()) -> str:
+    """The scripted role's code (one self-contained block body), set up from the task's evaluation text."""
+    if agent == "data_engineer":
+        return f"FORGET = {tuple(forget)!r}\n{_DE_CODE}"
+    if agent == "modeler":
+        return f"CLASSIFICATION = {_classification(evaluation)}\n{_MODELER_CODE}"
+    return f"MODE = {_submission_mode(evaluation)!r}\n{_ANALYST_CODE}"
+
+
 def data_science_team(forget: tuple[str, ...] = ()) -> Team:
     """A competent, plain DSBench team: one-hot + median imputation → gradient boosting → submission.
 
@@ -211,21 +231,68 @@ def data_science_team(forget: tuple[str, ...] = ()) -> Team:
                 return f"My code failed ({output.splitlines()[-1]}); I cannot complete my part."
             return "Done: my files are saved in the workspace. Handing over."
         evaluation = _evaluation_text(messages)
-        if agent == "data_engineer":
-            return f"I will prepare the features.\n```python\nFORGET = {tuple(forget)!r}\n{_DE_CODE}```"
-        if agent == "modeler":
-            classification = any(w in evaluation for w in _CLASSIFICATION_WORDS)
-            return f"I will train a tree ensemble.\n```python\nCLASSIFICATION = {classification}\n{_MODELER_CODE}```"
-        mode = (
-            "top3"
-            if "precision at 3" in evaluation
-            else "proba"
-            if ("log loss" in evaluation or "roc" in evaluation)
-            else "values"
-        )
-        return f"I will write the submission.\n```python\nMODE = {mode!r}\n{_ANALYST_CODE}```"
+        intro = {
+            "data_engineer": "I will prepare the features.",
+            "modeler": "I will train a tree ensemble.",
+        }.get(agent, "I will write the submission.")
+        return f"{intro}\n```python\n{_role_code(agent, evaluation, forget)}```"
 
     return act
+
+
+# what each DSBench role must leave, in pipeline order (the corrector rebuilds what an earlier role left missing)
+_DS_CHAIN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("data_engineer", ("X_train.pkl", "y_train.pkl", "X_test.pkl")),
+    ("modeler", ("model.pkl",)),
+    ("analyst", ("submission.csv",)),
+)
+_DS_NEEDS: dict[str, tuple[str, ...]] = {
+    "data_engineer": (),
+    "modeler": ("X_train.pkl", "y_train.pkl"),
+    "analyst": ("model.pkl", "X_test.pkl"),
+}
+
+
+def _has(files: Sequence[FileInfo], name: str) -> bool:
+    return any(f.name.replace("\\", "/").rsplit("/", 1)[-1] == name and f.size > 0 for f in files)
+
+
+def data_science_correction(record: ActionRecord, role: Any, episode: Sequence[ActionRecord]) -> str | None:
+    """The DSBench :data:`~mappa_envs.pipeline.Corrector`: the scripted competent role's code for this task,
+    for an action that fell short (its code failed, it wrote no code on its first turn, or it ended its part
+    without its files).
+
+    Adapted to what the workspace held before the action: when a file this role reads is missing, the code of the
+    earlier role that should have left it comes first, so the correction runs as it stands. It is built from the
+    agent's own observation (the task's evaluation text) and the workspace's file names only: it never holds or
+    computes a test label.
+    """
+    agent = record.role
+    if agent not in _DS_NEEDS:
+        return None
+    required = tuple(getattr(role, "required_artifacts", ()) or dict(_DS_CHAIN)[agent])
+    no_code = not record.tool_results and record.turn == 0
+    missing_own = record.ends_turn and not all(_has(record.files_after, a) for a in required)
+    if not (record.had_error or no_code or missing_own):
+        return None
+    evaluation = _evaluation_text(record.observation)
+    have = {f for _, files in _DS_CHAIN for f in files if _has(record.files_before, f)}
+    needed, order = set(_DS_NEEDS[agent]), [name for name, _ in _DS_CHAIN]
+    steps: list[str] = []
+    for name in reversed(order[: order.index(agent)]):  # walk upstream: who must redo their part first
+        made = dict(_DS_CHAIN)[name]
+        if needed & set(made) - have:
+            steps.insert(0, name)
+            needed |= set(_DS_NEEDS[name])
+    steps.append(agent)
+    code = "\n".join(_role_code(name, evaluation) for name in steps)
+    redo = [dict(_DS_CHAIN)[name] for name in steps[:-1]]
+    why = (
+        f" The workspace lacks {', '.join(f for files in redo for f in files if f not in have)}, so I rebuild it first."
+        if redo
+        else ""
+    )
+    return f"I will do my part with code that saves my files.{why}\n```python\n{code}```"
 
 
 SCRIPTED_TEAMS: dict[str, Callable[[], Team]] = {

@@ -76,6 +76,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     update_epochs: int = 1
+    # supervised term on the coach's corrections at the visited states (DAgger with expert relabelling): the
+    # role's loss adds correction_weight x token NLL of the correction given the action's prompt ids, for actions
+    # whose coach score is below correction_below (0-10); 0 = off (asks the coach for corrections when > 0)
+    correction_weight: float = 0.0
+    correction_below: float = 5.0
     mask_truncated: bool = (
         True  # actions cut by max_new_tokens carry no loss (they never finished their answer)
     )
@@ -122,6 +127,11 @@ class TrainConfig:
         validation.check_ranges(self, RANGES, where)
         validation.check_env_kwargs(self.env, self.env_kwargs, RESERVED_ENV_KWARGS, where)
         check_sampler(self, where)
+        if self.correction_weight > 0 and self.reward != "coach":
+            raise validation.ConfigError(
+                f"{where}: correction_weight > 0 learns the coach's corrections, but reward: {self.reward} has no "
+                "coach; set reward: coach or correction_weight: 0"
+            )
         from mappa_train.algorithms import get_estimator  # the registry knows its estimators' needs
 
         try:
@@ -184,6 +194,8 @@ RANGES: dict[str, tuple[float | None, float | None, str]] = {
     "kl_beta": (0, None, ""),
     "clip_eps": (0, None, ""),
     "adv_std_floor": (0, None, ""),
+    "correction_weight": (0, None, "0 = no supervised term on corrections"),
+    "correction_below": (0, 10, "coach score (0-10) below which an action's correction is learned"),
     "gamma": (0, 1, ""),
     "temperature": (0, None, "0 = greedy"),
     "eval_temperature": (0, None, "0 = greedy"),

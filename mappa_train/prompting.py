@@ -123,3 +123,27 @@ class ChatPrompter:
                 lo = mid + 1
         self.truncations += 1
         return best
+
+    def encode_reply(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """The ids of ``text`` written as this template writes an assistant reply after the generation header,
+        up to and including its end-of-turn token: what a sampled reply that stopped by itself is, so a
+        supervised target (a coach's correction) continues the very prompt ids the agent saw. ``max_tokens`` keeps
+        the first ``max_tokens`` (a reply the sampler could not have finished is learned as its prefix)."""
+        probe: list[Message] = [{"role": "user", "content": "?"}]
+        head = self.tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template(
+            [*probe, {"role": "assistant", "content": text}], tokenize=False
+        )
+        if not full.startswith(head):
+            raise ValueError(
+                "the chat template does not render an assistant reply as a continuation of its generation "
+                "header, so a correction cannot be tokenised as a reply; use a ChatML-style template"
+            )
+        ids = list(self.tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"])
+        stops = set(stop_token_ids(self.tokenizer))
+        ends = [i for i, t in enumerate(ids) if t in stops]
+        if ends:
+            ids = ids[
+                : ends[-1] + 1
+            ]  # the template's trailing newline after the end-of-turn token is not sampled
+        return ids if max_tokens is None else ids[:max_tokens]

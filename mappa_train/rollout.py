@@ -148,7 +148,8 @@ def run_rollouts(
 
 
 def episodes_to_samples(episodes: Sequence[Episode]) -> list[Sample]:
-    """One :class:`Sample` per action, with the action's reward from its receipt."""
+    """One :class:`Sample` per action, with the action's reward from its receipt (and the coach's correction and
+    score, when its judgement has them: the supervised target travels with the sample)."""
     samples = []
     for ep in episodes:
         for record, gen, reward in zip(ep.records, ep.generations, ep.rewards, strict=True):
@@ -166,6 +167,8 @@ def episodes_to_samples(episodes: Sequence[Episode]) -> list[Sample]:
                     episode_id=record.episode_id,
                     step=record.step,
                     group=f"{ep.task_id}/{record.role}/{record.turn}",
+                    correction=record.judgement.correction if record.judgement is not None else None,
+                    coach_score=record.judgement.score if record.judgement is not None else None,
                 )
             )
     return samples

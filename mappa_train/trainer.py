@@ -79,6 +79,8 @@ def make_env(config: TrainConfig, tasks: TaskSet | str, env_id: str | None = Non
     kwargs: dict[str, Any] = {"tasks": tasks, "reward": config.reward, **config.env_kwargs}
     if config.reward == "coach":
         kwargs.update(coach=config.coach, hindsight=config.hindsight)
+        if config.correction_weight > 0:  # the supervised term needs the coach's corrections
+            kwargs["coach_kwargs"] = {**dict(kwargs.get("coach_kwargs") or {}), "corrections": True}
     return mappa_envs.make(env_id or config.env, **kwargs)
 
 

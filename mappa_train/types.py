@@ -31,6 +31,8 @@ class Sample:
     ``reward`` is the per-action reward (coach score / 10, or the outcome for outcome-only training), placed on the
     action's last token by the advantage estimators. ``outcome_reward`` is the episode's graded outcome (kept for
     baselines and logs). ``group`` ties samples that answer the same prompt (GRPO-style baselines).
+    ``correction``: the coach's corrected reply for this action (a supervised target, never an observation) and
+    ``coach_score`` the judgement's score in [0, 10] that decides whether the action fell short; None without them.
     """
 
     role: str
@@ -45,6 +47,8 @@ class Sample:
     episode_id: str = ""
     step: int = 0
     group: str = ""
+    correction: str | None = None
+    coach_score: float | None = None
 
 
 class Policy(Protocol):

@@ -28,7 +28,7 @@ from mappa_train.algorithms import (
     masked_mean,
     policy_loss,
 )
-from mappa_train.logprobs import batch_logprobs, pack_samples
+from mappa_train.logprobs import batch_logprobs, completion_logprobs, pack_samples
 from mappa_train.types import Sample
 
 LOGPROB_CHUNK = 512
@@ -158,6 +158,48 @@ def compute_advantages(
     return prepared, stats
 
 
+def correction_targets(
+    policy: Any, samples: Sequence[Sample], indices: Sequence[int], config: Any
+) -> list[tuple[int, list[int]]]:
+    """``(sample index, target ids)`` for the actions of ``indices`` that learn their correction: the sample has
+    one and its coach score is below ``config.correction_below``. The correction is tokenised as the role's
+    chat template writes a reply (:meth:`~mappa_train.prompting.ChatPrompter.encode_reply`), cut at
+    ``config.max_new_tokens`` (the longest reply the sampler can give), and continues the sample's own prompt ids:
+    the state the team actually visited (DAgger), not a re-rendered one."""
+    if config.correction_weight <= 0:
+        return []
+    prompter = getattr(policy, "prompter", None)
+    if prompter is None or not callable(getattr(prompter, "encode_reply", None)):
+        raise TypeError(
+            f"correction_weight > 0 needs a policy with a ChatPrompter (policy.prompter); {type(policy).__name__} "
+            "has none: set correction_weight: 0"
+        )
+    out = []
+    for i in indices:
+        s = samples[i]
+        if s.correction is None or s.coach_score is None or s.coach_score >= config.correction_below:
+            continue
+        ids = prompter.encode_reply(s.correction, max_tokens=config.max_new_tokens)
+        if ids:
+            out.append((i, ids))
+    return out
+
+
+def sft_loss(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    pad_id: int,
+    num_tokens: float,
+) -> torch.Tensor:
+    """Token NLL of each target given its prompt, summed over every target token and divided by ``num_tokens``
+    (the role's correction tokens in the whole, global batch), so micro-batching and data-parallel sharding do
+    not change it: each correction token weighs the same, a long correction weighs more than a short one.
+    Log-probs are the model's own (temperature 1): the target is a distribution to match, not a sample."""
+    rows = completion_logprobs(model, prompts, targets, pad_id, chunk_size=LOGPROB_CHUNK)
+    return -torch.stack([r.sum() for r in rows]).sum() / max(num_tokens, 1.0)
+
+
 def update_role(
     policy: Any,
     optimizer: torch.optim.Optimizer,
@@ -174,6 +216,10 @@ def update_role(
     ``config.mask_truncated`` is off.
     With ``config.kl_in == "loss"`` each token also adds ``kl_beta · k3`` against the reference log-probs of
     ``prepared`` (:func:`~mappa_train.algorithms.policy_loss`), reduced the same way.
+    With ``config.correction_weight > 0`` the same optimiser step also takes ``correction_weight ·``
+    :func:`sft_loss` over the role's actions that fell short and carry a correction (:func:`correction_targets`);
+    ``sft_loss`` (unweighted, per correction token) and ``corrections`` (how many) are logged beside the RL terms.
+    With it at 0 nothing of this runs: the update is exactly the RL one.
     """
     if not indices:
         return {}
@@ -186,6 +232,11 @@ def update_role(
     params = policy.trainable_parameters(role)
     totals = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     micro = _micro_batches(len(rows), config.micro_batch)
+    targets = correction_targets(policy, samples, indices, config)
+    sft_tokens = float(dist.all_reduce_sum(torch.tensor(float(sum(len(t) for _, t in targets)))))
+    if config.correction_weight > 0:
+        totals["sft_loss"] = 0.0
+        totals["corrections"] = float(len(targets))
     for _ in range(config.update_epochs):
         optimizer.zero_grad(set_to_none=True)
         for chunk in micro:
@@ -225,6 +276,18 @@ def update_role(
             if "kl_loss" in st:
                 totals["kl_loss"] = totals.get("kl_loss", 0.0) + st["kl_loss"] * weight / config.update_epochs
             totals["entropy"] += float(masked_mean(entropy.detach(), cmask)) * weight / config.update_epochs
+        for chunk in _micro_batches(len(targets), config.micro_batch):
+            part = [targets[j] for j in chunk]
+            with policy.forward_role(role) as model:
+                nll = sft_loss(
+                    model,
+                    [samples[i].prompt_ids for i, _ in part],
+                    [t for _, t in part],
+                    policy.pad_id,
+                    sft_tokens,
+                )
+            (config.correction_weight * nll).backward()
+            totals["sft_loss"] += float(nll.detach()) / config.update_epochs
         dist.sum_gradients(params)
         norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         totals["grad_norm"] += float(norm) / config.update_epochs

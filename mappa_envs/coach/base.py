@@ -180,8 +180,14 @@ class MixtureCoach:
             body = "\n".join(f"[{k}] {j.rationale}" for k, j in here.items())
             sources = {j.source for j in here.values()}
             source = next((s for s in _SOURCE_PRIORITY if s in sources), min(sources))
+            correction = next((j.correction for j in here.values() if j.correction is not None), None)
             out.append(
-                Judgement(score=score, rationale=f"mixture {score:.2f} = {head}\n{body}", source=source)
+                Judgement(
+                    score=score,
+                    rationale=f"mixture {score:.2f} = {head}\n{body}",
+                    source=source,
+                    correction=correction,
+                )
             )
             comps.append(here)
         self.last_components = comps

@@ -25,21 +25,21 @@ import os
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from mappa_envs.coach.base import LoopThread, episodes, role_of
 from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
-from mappa_envs.coach.parse import CoachParseError, parse_judgement
+from mappa_envs.coach.parse import CoachParseError, parse_correction, parse_judgement
 from mappa_envs.coach.prompts import (
+    CORRECTION_FORMAT,
     DEFAULT_LIMITS,
     FORMAT_INSTRUCTION,
-    JSON_OBJECT_SCHEMA,
-    JUDGEMENT_SCHEMA,
     PromptLimits,
     build_messages,
     echoes_data,
+    judgement_schema,
 )
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, Judgement
@@ -135,6 +135,9 @@ class OpenAICoach:
     ``"error"`` (raise :class:`CoachUnavailable` when a judgement cannot be had) or a score in [0, 10] returned
     with ``source="fallback"``, counted in ``stats`` and logged. ``structured`` is ``"auto"`` (negotiate) or a fixed
     mode. ``hindsight`` None means: show the outcome and the episode summary when the record has an outcome.
+    ``corrections``: also ask, from the same prompt, for the reply the agent should have given (an optional
+    ``correction`` in the reply's JSON), returned as ``Judgement.correction`` (a training target; the score is
+    read as without it).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class OpenAICoach:
         hindsight: bool | None = None,
         limits: PromptLimits = DEFAULT_LIMITS,
         extra_body: Mapping[str, Any] | None = None,
+        corrections: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -185,6 +189,7 @@ class OpenAICoach:
         self.hindsight = hindsight
         self.limits = limits
         self.extra_body = dict(extra_body or {})
+        self.corrections = bool(corrections)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache = JudgementCache(self.cache_dir) if cache else None
         self.stats = CoachStats()
@@ -243,6 +248,7 @@ class OpenAICoach:
             hindsight=self._hindsight_for(record),
             episode=episode,
             limits=self.limits,
+            correction=self.corrections,
         )
 
     def close(self) -> None:
@@ -315,7 +321,13 @@ class OpenAICoach:
             hit = self.cache.get(key)
             if hit is not None and _valid_cached(hit):
                 self.stats.cache_hits += 1
-                return Judgement(score=float(hit["score"]), rationale=str(hit["rationale"]), source="cache")
+                correction = hit.get("correction") if self.corrections else None
+                return Judgement(
+                    score=float(hit["score"]),
+                    rationale=str(hit["rationale"]),
+                    source="cache",
+                    correction=correction if isinstance(correction, str) else None,
+                )
         conversation = list(messages)
         attempts = 0  # counted attempts (format negotiation does not count)
         reasked = False
@@ -353,6 +365,8 @@ class OpenAICoach:
             self.stats.completion_tokens += usage[1]
             try:
                 judgement = parse_judgement(reply, source="llm", strict=mode != "text")
+                if self.corrections:
+                    judgement = replace(judgement, correction=parse_correction(reply, strict=mode != "text"))
                 if echoes_data(reply or "", messages[-1]["content"]):
                     raise CoachParseError(
                         "the reply repeats a verdict that the agents wrote in the data; judge the action yourself",
@@ -373,7 +387,8 @@ class OpenAICoach:
                     {"role": "assistant", "content": reply or ""},
                     {
                         "role": "user",
-                        "content": f"Your reply could not be used: {e.reason}. {FORMAT_INSTRUCTION}",
+                        "content": f"Your reply could not be used: {e.reason}. "
+                        + (CORRECTION_FORMAT if self.corrections else FORMAT_INSTRUCTION),
                     },
                 ]
                 continue
@@ -383,6 +398,7 @@ class OpenAICoach:
                     {
                         "score": judgement.score,
                         "rationale": judgement.rationale,
+                        "correction": judgement.correction,
                         "model": self.model,
                         "temperature": self.temperature,
                         "mode": mode,
@@ -483,10 +499,17 @@ class OpenAICoach:
         if mode == "json_schema":
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "coach_judgement", "schema": JUDGEMENT_SCHEMA, "strict": True},
+                "json_schema": {
+                    "name": "coach_judgement",
+                    "schema": judgement_schema(self.corrections),
+                    "strict": True,
+                },
             }
         elif mode == "json_object":
-            kwargs["response_format"] = {"type": "json_object", "schema": JSON_OBJECT_SCHEMA}
+            kwargs["response_format"] = {
+                "type": "json_object",
+                "schema": judgement_schema(self.corrections, capped=True),
+            }
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         async with self._semaphore:

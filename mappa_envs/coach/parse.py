@@ -119,6 +119,26 @@ def parse_score(reply: str | None, *, strict: bool = False) -> tuple[float, str]
     )
 
 
+def parse_correction(reply: str | None, *, strict: bool = False) -> str | None:
+    """The ``correction`` string of the reply's (last) scored JSON object; None when there is none, it is null
+    or empty. Read only from the object that holds the score, so a correction quoted in prose is not taken."""
+    text = strip_reasoning(reply or "")
+    if strict:
+        try:
+            found = [json.loads(text)]
+        except ValueError:
+            return None
+    else:
+        masked = _mask_quoted(text)
+        found = [_decode(text[a:b]) for a, b in _brace_spans(masked)]
+    objects = [obj for obj in found if _scored(obj)]
+    if not objects:
+        return None
+    keys = {k.lower(): k for k in objects[-1] if isinstance(k, str)}
+    value = objects[-1].get(keys.get("correction", "correction"))
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def _strict(text: str, reply: str) -> tuple[float, str]:
     """Structured mode: the whole reply is one JSON object with one score."""
     try:

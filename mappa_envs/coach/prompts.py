@@ -54,6 +54,16 @@ JUDGEMENT_SCHEMA: dict[str, Any] = {
 }
 """JSON schema of a reply. ``rationale`` comes first so a model constrained to this order reasons before scoring."""
 
+CORRECTION_INSTRUCTION = (
+    'Also give "correction": the complete reply this agent should have given at this point (with its code where '
+    "its role runs code, in the answer format its role must use), or null if the action needs no correction."
+)
+CORRECTION_FORMAT = (
+    'Reply with only a JSON object and nothing else: {"rationale": "<one to three sentences>", '
+    '"score": <number from 0 to 10>, "correction": "<the reply it should have given>" or null}'
+)
+
+
 JSON_OBJECT_SCHEMA: dict[str, Any] = {
     **JUDGEMENT_SCHEMA,
     "properties": {
@@ -64,6 +74,20 @@ JSON_OBJECT_SCHEMA: dict[str, Any] = {
 """The schema sent in ``json_object`` mode (llama.cpp turns it into a grammar): the rationale is length-capped so a
 small model cannot ramble until ``max_tokens`` and cut the JSON before the score. (OpenAI's strict ``json_schema``
 mode does not promise ``maxLength``, so :data:`JUDGEMENT_SCHEMA` goes without it.)"""
+
+
+def judgement_schema(correction: bool = False, *, capped: bool = False) -> dict[str, Any]:
+    """The reply schema: :data:`JUDGEMENT_SCHEMA` (``capped``: :data:`JSON_OBJECT_SCHEMA`), plus a nullable
+    ``correction`` string after the score when corrections are asked for (required, as OpenAI's strict mode
+    wants every property listed; null says "none")."""
+    base = JSON_OBJECT_SCHEMA if capped else JUDGEMENT_SCHEMA
+    if not correction:
+        return base
+    return {
+        **base,
+        "properties": {**base["properties"], "correction": {"type": ["string", "null"]}},
+        "required": [*base["required"], "correction"],
+    }
 
 
 @dataclass(frozen=True)
@@ -88,19 +112,27 @@ def build_messages(
     hindsight: bool = False,
     episode: Sequence[ActionRecord] = (),
     limits: PromptLimits = DEFAULT_LIMITS,
+    correction: bool = False,
 ) -> list[dict[str, str]]:
     """Chat messages (system + user) asking the coach to judge ``record``.
 
     With ``hindsight`` and an outcome on the record, the prompt adds the episode outcome and a one-line-per-step
     summary of ``episode`` (the records of the same episode), so the coach can see what this action caused
     downstream. The messages do not depend on the structured-output mode, which is what the cache key needs.
+    ``correction``: also ask for the reply the agent should have given (:data:`CORRECTION_INSTRUCTION`).
     """
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {
             "role": "user",
             "content": build_user_prompt(
-                record, role, context=context, hindsight=hindsight, episode=episode, limits=limits
+                record,
+                role,
+                context=context,
+                hindsight=hindsight,
+                episode=episode,
+                limits=limits,
+                correction=correction,
             ),
         },
     ]
@@ -114,6 +146,7 @@ def build_user_prompt(
     hindsight: bool = False,
     episode: Sequence[ActionRecord] = (),
     limits: PromptLimits = DEFAULT_LIMITS,
+    correction: bool = False,
 ) -> str:
     """The user message of :func:`build_messages`, one ``## section`` per kind of evidence.
 
@@ -157,7 +190,7 @@ def build_user_prompt(
         if title == "The agent's answer" and record.action_clipped:
             note = "\n[the answer hit the length limit and was cut off]"
         sections.append(f"## {title}\n{fence(body, nonce)}{note}")
-    sections.append(f"## Your task\n{_task_text(shown_outcome)}")
+    sections.append(f"## Your task\n{_task_text(shown_outcome, correction)}")
     return "\n\n".join(sections)
 
 
@@ -206,13 +239,15 @@ def fence(text: str, nonce: str) -> str:
     return f"<<<BEGIN DATA {nonce}>>>\n{safe}\n<<<END DATA {nonce}>>>"
 
 
-def _task_text(hindsight: bool) -> str:
+def _task_text(hindsight: bool, correction: bool = False) -> str:
     when = (
         "The episode is over and its outcome is known: credit this action for what it caused, and blame it if "
         "a later failure traces back to it. "
         if hindsight
         else ""
     )
+    if correction:
+        return f"Score this action from 0 to 10 following the rubric. {when}{CORRECTION_INSTRUCTION} {CORRECTION_FORMAT}"
     return f"Score this action from 0 to 10 following the rubric. {when}{FORMAT_INSTRUCTION}"
 
 

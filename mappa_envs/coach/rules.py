@@ -118,7 +118,9 @@ class RuleCoach:
     code that printed nothing and wrote no file (``code_silent``). ``penalize_repetition``:
     ``repeated_sentence`` for a reply that says one sentence three times or more. ``rubrics``: replace the
     built-in rubric set (a role's own ``Role.rubrics`` are always added). ``rules``: ``"auto"`` (by each
-    record's env version), ``"v2"`` or ``"legacy"``.
+    record's env version), ``"v2"`` or ``"legacy"``. ``corrections``: each judgement carries the role's
+    ``Role.corrector`` reply (what it should have said, for an action that fell short), a training target for
+    the trainer's supervised term; the score is unchanged.
     """
 
     name = "rules"
@@ -136,6 +138,7 @@ class RuleCoach:
         penalize_repetition: bool = False,
         rubrics: Sequence[Rubric] | None = None,
         rules: str = "auto",
+        corrections: bool = False,
         answer_format: str | None = None,
         boxed_roles: Collection[str] | None = None,
     ) -> None:
@@ -163,6 +166,7 @@ class RuleCoach:
         self.base = base
         self.weights = weights
         self.rules = rules
+        self.corrections = corrections
         self.rubrics: tuple[Rubric, ...] = tuple(rubrics) if rubrics is not None else self.default_rubrics()
         for rubric in self.rubrics:
             if not callable(getattr(rubric, "score", None)):
@@ -191,8 +195,9 @@ class RuleCoach:
     ) -> list[Judgement]:
         fired = self.explain(records, roles)
         self.last_fired = fired
+        corrections = self._corrections(records, roles) if self.corrections else [None] * len(records)
         out = []
-        for rules in fired:
+        for rules, correction in zip(fired, corrections, strict=True):
             score = min(10.0, max(0.0, self.base + sum(f.points for f in rules)))
             caps = [f.cap for f in rules if f.cap is not None]
             if caps:
@@ -200,9 +205,21 @@ class RuleCoach:
             listed = "; ".join(str(f) for f in rules) or "no rule fired"
             out.append(
                 Judgement(
-                    score=score, rationale=f"rules: base {self.base:g}; {listed} => {score:g}", source="rules"
+                    score=score,
+                    rationale=f"rules: base {self.base:g}; {listed} => {score:g}",
+                    source="rules",
+                    correction=correction,
                 )
             )
+        return out
+
+    def _corrections(self, records: Sequence[ActionRecord], roles: Mapping[str, Role]) -> list[str | None]:
+        """Each record's correction from its role's pipeline-declared corrector (None where it has none)."""
+        groups = episodes(records)
+        out: list[str | None] = []
+        for r in records:
+            role = role_of(r, roles)
+            out.append(role.corrector(r, role, groups[r.episode_id]) if role.corrector is not None else None)
         return out
 
     async def ajudge(

@@ -56,6 +56,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
 from mappa_envs.records import ActionRecord
+from mappa_envs.scripted import data_science_correction
 from mappa_envs.tabular import invalid_outcome, load_dsbench_tasks, score_submission
 from mappa_envs.tasks import Task
 
@@ -80,6 +81,7 @@ DATA_ENGINEER = Role(
     max_turns=4,
     runs_code=True,
     required_artifacts=("X_train.pkl", "y_train.pkl", "X_test.pkl"),
+    corrector=data_science_correction,
     rubric=(
         "A good Data Engineer action inspects the data, handles missing values and categories without leaking "
         "test information, and saves X_train.pkl, y_train.pkl and X_test.pkl with matching columns. Forgetting a "
@@ -97,6 +99,7 @@ MODELER = Role(
     max_turns=4,
     runs_code=True,
     required_artifacts=("model.pkl",),
+    corrector=data_science_correction,
     rubric=(
         "A good Modeler action loads the prepared data, picks a model that fits the task type and metric, reports "
         "a validation score, and saves model.pkl."
@@ -114,6 +117,7 @@ ANALYST = Role(
     max_turns=4,
     runs_code=True,
     required_artifacts=("submission.csv",),
+    corrector=data_science_correction,
     rubric=(
         "A good Analyst action produces a valid submission.csv in the required format (ids, header, row count, "
         "labels or probabilities as the metric needs) from the upstream model; only this file is graded."

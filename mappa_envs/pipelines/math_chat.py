@@ -49,7 +49,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, sequential, versioned
-from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, correct_math, grade_last_role, render_problem
 
 TEAM = "a team of three agents (Problem Solver → Code Executor → Verifier)"
 
@@ -66,6 +66,7 @@ SOLVER = Role(
         "slips, and states one clear answer in \\boxed{}."
     ),
     answer=MathAnswer("boxed"),
+    corrector=correct_math,
 )
 CODER = Role(
     name="coder",
@@ -82,6 +83,7 @@ CODER = Role(
         "result, fixes its own errors, and reports the computed answer clearly."
     ),
     answer=MathAnswer("boxed"),
+    corrector=correct_math,
 )
 VERIFIER = Role(
     name="verifier",
@@ -97,6 +99,7 @@ VERIFIER = Role(
         "in \\boxed{}; the team is judged on that answer alone."
     ),
     answer=MathAnswer("boxed"),
+    corrector=correct_math,
     graded=True,
 )
 

@@ -10,6 +10,7 @@ from typing import Any
 from mappa_envs.grading.math import ANSWER_FORMATS, extract_boxed, extract_statement, grade_math
 from mappa_envs.records import ActionRecord
 from mappa_envs.tasks import Task
+from mappa_envs.text import strip_think
 
 
 def render_problem(task: Task) -> str:
@@ -64,3 +65,29 @@ class MathAnswer:
     def check(self, text: str, expected: str) -> bool | None:
         graded = grade_math(text, expected, self.name)
         return None if graded["answer"] is None else bool(graded["correct"])
+
+    def state(self, answer: str) -> str:
+        """A reply stating ``answer`` so that both formats read it (a ``\\boxed{}`` is read by each)."""
+        return f"The answer is \\boxed{{{answer}}}."
+
+
+def correct_math(record: ActionRecord, role: Any, episode: Sequence[ActionRecord]) -> str | None:
+    """The maths :data:`~mappa_envs.pipeline.Corrector`: on the action that ends a part of a role that states an
+    answer, the right result stated in the role's format, when its stated answer is missing or wrong.
+
+    The expected answer comes from the graded outcome, so corrections exist once the episode has ended
+    (hindsight); the expected answer is the env's own, never shown to an agent, and the correction is a
+    training target only.
+    """
+    fmt = getattr(role, "answer", None)
+    expected = (record.outcome or {}).get("expected")
+    if (
+        fmt is None
+        or not record.ends_turn
+        or expected in (None, "")
+        or not callable(getattr(fmt, "state", None))
+    ):
+        return None
+    if fmt.check(strip_think(record.visible_action or record.action), str(expected)):
+        return None
+    return fmt.state(str(expected))

@@ -42,7 +42,7 @@ from typing import Any
 from mappa_envs.engine import PipelineEnv
 from mappa_envs.math_tasks import load_math_tasks
 from mappa_envs.pipeline import LATEST_VERSION, PipelineSpec, Role, debate, versioned
-from mappa_envs.pipelines.math_common import MathAnswer, grade_last_role, render_problem
+from mappa_envs.pipelines.math_common import MathAnswer, correct_math, grade_last_role, render_problem
 
 
 def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") -> PipelineSpec:
@@ -66,6 +66,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
                 "previous answers, and ends with one answer in \\boxed{}."
             ),
             answer=answer,
+            corrector=correct_math,
         )
         for i in range(debaters)
     )
@@ -79,6 +80,7 @@ def make_spec(debaters: int = 3, rounds: int = 2, answer_format: str = "boxed") 
         visibility="all_rounds",
         rubric="A good Judge action weighs the arguments on their merits and ends with one final answer in \\boxed{}.",
         answer=answer,
+        corrector=correct_math,
         graded=True,
     )
     return PipelineSpec(
