@@ -18,7 +18,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from coach_fixtures import DS_ROLES, MATH_ROLES, fake_server, missing_x_test_episode, record  # type: ignore
     from fake_openai_server import FakeOpenAIServer, Reply, closed_port, judgement  # type: ignore
 
-from mappa_envs.coach import MixtureCoach, OpenAICoach, RuleCoach, build_messages
+from mappa_envs.coach import MixtureCoach, OpenAICoach, RuleCoach, coach_messages
 from mappa_envs.coach.openai_coach import CoachUnavailable
 from mappa_envs.records import FileInfo, ToolResult
 
@@ -347,8 +347,8 @@ def test_prompt_has_role_rubric_evidence_and_is_deterministic() -> None:
         after=[FileInfo("train.csv", 10), FileInfo("model.pkl", 9), FileInfo("submission.csv", 42)],
         observation=long_obs,
     )
-    messages = build_messages(r, DS_ROLES["analyst"], context="DSBench team.")
-    assert messages == build_messages(r, DS_ROLES["analyst"], context="DSBench team.")
+    messages = coach_messages(r, DS_ROLES["analyst"], context="DSBench team.")
+    assert messages == coach_messages(r, DS_ROLES["analyst"], context="DSBench team.")
     user = messages[1]["content"]
     assert "Analyst (role `analyst`)" in user and DS_ROLES["analyst"].rubric in user
     assert "submission.csv" in user and "DSBench team." in user
@@ -362,8 +362,8 @@ def test_prompt_has_role_rubric_evidence_and_is_deterministic() -> None:
 
 def test_hindsight_prompt_shows_the_outcome_and_the_episode() -> None:
     ep = missing_x_test_episode()
-    online = build_messages(ep[0], DS_ROLES["data_engineer"])[1]["content"]
-    hind = build_messages(ep[0], DS_ROLES["data_engineer"], hindsight=True, episode=ep)[1]["content"]
+    online = coach_messages(ep[0], DS_ROLES["data_engineer"])[1]["content"]
+    hind = coach_messages(ep[0], DS_ROLES["data_engineer"], hindsight=True, episode=ep)[1]["content"]
     assert "Episode outcome" not in online
     assert "reason: submission.csv missing" in hind and "success: false" in hind
     assert "step 2: analyst (ran 1 code block(s), error: FileNotFoundError" in hind

@@ -23,7 +23,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from coach_fixtures import DS_ROLES, MATH_ROLES, TRAIN, record  # type: ignore[no-redef]
     from fake_openai_server import FakeOpenAIServer, Reply, judgement  # type: ignore[no-redef]
 
-from mappa_envs.coach import OpenAICoach, RuleCoach, build_messages, parse_judgement
+from mappa_envs.coach import OpenAICoach, RuleCoach, coach_messages, parse_judgement
 from mappa_envs.coach.prompts import fence_id
 from mappa_envs.escape import escape_line, escape_text
 from mappa_envs.records import FileInfo, ToolResult
@@ -53,7 +53,7 @@ def failing_analyst(
 
 
 def user_prompt(r, role="analyst", hindsight=True) -> str:
-    return build_messages(r, DS_ROLES[role], context="DSBench team.", hindsight=hindsight, episode=[r])[1][
+    return coach_messages(r, DS_ROLES[role], context="DSBench team.", hindsight=hindsight, episode=[r])[1][
         "content"
     ]
 

@@ -8,7 +8,7 @@
 - :class:`MixtureCoach` — a weighted mean of coaches with every component observable.
 - :class:`SimpleCoach` / :func:`coach_from` — your own coach from one method or one function.
 - :class:`CalibratedCoach` — any coach with its per-tag bias removed as training goes (``"calibrated:<coach>"``).
-- :func:`parse_judgement` — the strict reply parser; :func:`build_messages` — the coach prompt.
+- :func:`parse_judgement` — the strict reply parser; :func:`coach_messages` — the coach prompt.
 - :func:`make_coach` / :func:`register_coach` — coach backends by name (``"rules"``, ``"openai:MODEL"``, yours).
 - :class:`BiasMonitor` — running coach score vs real outcome per role and task tag, with drift warnings.
 
@@ -25,7 +25,7 @@ from mappa_envs.coach.cache import JudgementCache, cache_key, default_cache_dir
 from mappa_envs.coach.calibrated import CalibratedCoach
 from mappa_envs.coach.monitor import BiasMonitor, CoachBiasWarning
 from mappa_envs.coach.parse import CoachParseError, parse_judgement
-from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, build_messages
+from mappa_envs.coach.prompts import JUDGEMENT_SCHEMA, PromptLimits, coach_messages
 from mappa_envs.coach.rubrics import Fired, Rubric, RubricContext
 from mappa_envs.coach.rules import RuleCoach, RuleWeights
 from mappa_envs.coach.simple import SimpleCoach, coach_from
@@ -52,7 +52,7 @@ __all__ = [
     "RubricContext",
     "RuleCoach",
     "RuleWeights",
-    "build_messages",
+    "coach_messages",
     "cache_key",
     "coach_backends",
     "coach_from",

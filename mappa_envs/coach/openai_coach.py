@@ -37,7 +37,7 @@ from mappa_envs.coach.prompts import (
     DEFAULT_LIMITS,
     FORMAT_INSTRUCTION,
     PromptLimits,
-    build_messages,
+    coach_messages,
     echoes_data,
     judgement_schema,
 )
@@ -241,7 +241,7 @@ class OpenAICoach:
         episode: Sequence[ActionRecord] = (),
     ) -> list[dict[str, str]]:
         """The exact chat messages this coach sends for ``record`` (for inspection and debugging)."""
-        return build_messages(
+        return coach_messages(
             record,
             role_of(record, roles),
             context=context,

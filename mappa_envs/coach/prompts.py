@@ -104,7 +104,7 @@ class PromptLimits:
 DEFAULT_LIMITS = PromptLimits()
 
 
-def build_messages(
+def coach_messages(
     record: ActionRecord,
     role: Role,
     *,
@@ -148,7 +148,7 @@ def build_user_prompt(
     limits: PromptLimits = DEFAULT_LIMITS,
     correction: bool = False,
 ) -> str:
-    """The user message of :func:`build_messages`, one ``## section`` per kind of evidence.
+    """The user message of :func:`coach_messages`, one ``## section`` per kind of evidence.
 
     Sections written by the pipeline (team, agent, rubric, task) are plain; every section holding what an agent
     controls (what it saw, its answer, its code's output, file names, the episode summary, the grader's report)
