@@ -120,18 +120,39 @@ class GenerateOnly:
         return self.policy.generate(role, prompts)
 
 
-def test_rollouts_with_refill_play_every_episode_aligned(tiny):
+class Watched:
+    """A continuous decoder that records the roles of the rows each step decodes."""
+
+    def __init__(self, inner, seen: list[list[str]]) -> None:
+        self.inner, self.seen = inner, seen
+
+    active = property(lambda self: self.inner.active)
+
+    def submit(self, *args) -> None:
+        self.inner.submit(*args)
+
+    def step(self):
+        self.seen.append([r.role for r in self.inner.decoder.rows])
+        return self.inner.step()
+
+
+def test_rollouts_with_refill_play_every_episode_aligned(tiny, monkeypatch):
     policy = make_policy(tiny, max_new_tokens=6, temperature=0.0)
     envs = [mappa_envs.make("math-chat", tasks=TASKS, reward="outcome", kernel_pool=0) for _ in range(3)]
     resets = [{"seed": i, "options": {"task_index": i % 2}} for i in range(7)]
+    seen: list[list[str]] = []
+    opened = policy.decoder
+    monkeypatch.setattr(policy, "decoder", lambda: Watched(opened(), seen))
     try:
         refill = run_rollouts(envs, policy, resets, progress=False)
+        monkeypatch.undo()
         tick_policy = GenerateOnly(policy)
         tick = run_rollouts(envs, tick_policy, resets, progress=False)
     finally:
         for env in envs:
             env.close()
     assert tick_policy.calls  # the fallback path really ran
+    assert any(len(set(roles)) > 1 for roles in seen), "no decode step mixed roles"
     assert len(refill) == 7 and [e.task_id for e in refill] == [e.task_id for e in tick]
     assert refill[0].task_id != refill[1].task_id  # in the order of `resets`
     for a, b in zip(refill, tick, strict=True):
