@@ -224,6 +224,15 @@ def main() -> None:
         action="store_true",
         help="also run the old lockstep loop (one generate batch per role per tick) on the same 8 envs",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 is steadier when other processes share the cores",
+    )
+    ap.add_argument(
+        "--no-decode-table", action="store_true", help="skip the decode-only table (minutes less)"
+    )
     ap.add_argument("--baseline-ref", default=None, help="compare this tree's TeamPolicy with REF's and exit")
     ap.add_argument(
         "--baseline-arms",
@@ -233,6 +242,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     B = args.episodes
 
     load0 = os.getloadavg()[0]
@@ -284,12 +295,15 @@ def main() -> None:
         play(policy, seq_envs, resets[:1], args.seed)
 
         busy0, tree0, t0 = system_busy_s(), tree_cpu_s(), time.perf_counter()
-        decode = {
-            (b, adapters): decode_only(policy, prompt, b, max_new, args.seed, repeats=3, adapters=adapters)
-            for adapters in (True, False)
-            for b in (1, B)
-        }
-        print_decode(decode, len(prompt), max_new, B)
+        if not args.no_decode_table:
+            decode = {
+                (b, adapters): decode_only(
+                    policy, prompt, b, max_new, args.seed, repeats=3, adapters=adapters
+                )
+                for adapters in (True, False)
+                for b in (1, B)
+            }
+            print_decode(decode, len(prompt), max_new, B)
         lock = play(policy, lock_envs, resets, args.seed, continuous=True)
         print(f"[lockstep arm done: {lock['tokens']} tokens in {lock['wall']:.1f} s]", flush=True)
         tick = None
