@@ -188,6 +188,8 @@ class HFSampler:
 
         if self.weights.mode != "lora":
             return None
+        if settings.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
         model = self.weights.model
         if self._cache_arg is None:
             self._cache_arg = cache_argument(model)
