@@ -154,6 +154,7 @@ def play(
         "wall": wall,
         "cpu": cpu,
         "tokens": tokens,
+        "prompt_tokens": sum(len(g.prompt_ids) for ep in episodes for g in ep.generations),
         "actions": actions,
         "truncated": sum(g.truncated for ep in episodes for g in ep.generations),
         "gen_s": timed.seconds,
@@ -417,6 +418,11 @@ def print_episodes(lock: dict, seq: dict, B: int, tick: dict | None = None) -> N
     gen_ratio = (lock["tokens"] / lock["gen_s"]) / (seq["tokens"] / seq["gen_s"])
     cpu_ratio = (lock["tokens"] / lock["cpu"]) / (seq["tokens"] / seq["cpu"])
     sched = (lock["tokens"] / lock["steps"]) / (seq["tokens"] / seq["steps"])
+    print(
+        f"prompt tokens prefilled: lockstep {lock['prompt_tokens']}, sequential {seq['prompt_tokens']} "
+        f"({seq['prompt_tokens'] / max(seq['tokens'], 1):.1f} per completion token; prefill is compute-bound on a "
+        "CPU, so batching it saves little)"
+    )
     print(
         f"generation-only tokens/s ratio: {gen_ratio:.2f}x; tokens per CPU-second of this process ratio: "
         f"{cpu_ratio:.2f}x (less sensitive to other processes than wall time)"
