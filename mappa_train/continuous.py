@@ -83,6 +83,7 @@ class HFDecoder:
         sample: SampleFn,
         decode: Callable[[list[int]], str],
         check_role: Callable[[str], None],
+        select: Callable[[str], nn.Module] | None = None,
     ) -> None:
         self.model = model
         self.cache_arg = cache_arg
@@ -93,6 +94,7 @@ class HFDecoder:
         self.sample = sample
         self.decode = decode
         self.check_role = check_role
+        self.select = select
         self.device = next(model.parameters()).device
         self.rows: list[_Row] = []
         self.queued: list[_Row] = []
@@ -117,9 +119,14 @@ class HFDecoder:
         self.queued.append(_Row(key, role, list(prompt_ids), generator))
 
     def _forward(self, rows: list[_Row], **kwargs):
-        if self.adapter_names:
-            kwargs["adapter_names"] = [r.role for r in rows]
-        return self.model(use_cache=True, logits_to_keep=1, **kwargs)
+        roles = [r.role for r in rows]
+        model = self.model
+        if self.select is not None and len(set(roles)) == 1:
+            # one role: select its adapter and skip peft's per-adapter sub-batches (about 10-20% of a step on CPU)
+            model = self.select(roles[0])
+        elif self.adapter_names:
+            kwargs["adapter_names"] = roles
+        return model(use_cache=True, logits_to_keep=1, **kwargs)
 
     @torch.no_grad()
     def step(self) -> list[tuple[Hashable, Generation]]:

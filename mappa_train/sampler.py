@@ -205,6 +205,7 @@ class HFSampler:
             ),
             decode=self.decode,
             check_role=self.weights.check_role,
+            select=self.weights.model_for,
         )
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> list[Generation]:
