@@ -3,14 +3,17 @@
 Both arms play the same 8 episodes (``resets[i] = {"seed": i, "options": {"task_index": i}}`` of
 ``mappa_envs.make("math-chat", tasks="embedded:train", reward="outcome")``) with the same ``TeamPolicy`` (the
 embedded SmolLM2-135M-Instruct, 3 LoRA adapters at init, temperature 0.8, a fixed ``max_new_tokens``) through
-``run_rollouts``: the lockstep arm with 8 envs (one generate batch per role per tick), the sequential arm with 1 env
-(every generate call is batch 1). Throughput = completion tokens the episodes' generations hold (the sampled ids,
-end-of-turn token included) / wall time of ``run_rollouts``. Target (issue tracker): lockstep / sequential >= 0.7 x 8
-= 5.6. The wall time is split into generation (time inside ``policy.generate``, which runs in the main thread)
-and the rest (env resets and steps: code cells in the episode's Jupyter kernel, grading; steps of different
-episodes run concurrently in a thread pool). A batch decodes until its longest row stops, so the "decode steps" of
-an arm (per generate call, its longest completion, summed) give the ratio the turn schedule alone allows when a
-decode step costs the same at every batch size (launch-bound decoding, as on a GPU at small batch).
+``run_rollouts``: the lockstep arm with 8 envs and the policy's continuous decoder (the pending turns of every role
+in one decode batch, per-row LoRA adapters, a row's episode stepped as soon as its reply ends and its next turn
+joining the running batch), the sequential arm with 1 env (every generate call is batch 1). ``--tick-arm`` adds
+the old lockstep loop (one generate batch per role per tick, a batch decoding until its longest row stops) on the
+same 8 envs. Throughput = completion tokens the episodes' generations hold (the sampled ids, end-of-turn token
+included) / wall time of ``run_rollouts``. Target (issue tracker): lockstep / sequential >= 0.7 x 8 = 5.6 (the
+issue's bar for this round: >= 4). The wall time is split into generation (time inside ``policy.generate`` or the
+decoder, which run in the main thread) and the rest (env resets and steps not hidden behind decoding: code cells in
+the episode's Jupyter kernel, grading; env calls run in a thread pool). The "decode steps" of an arm (per generate
+call its longest completion, summed; for the continuous decoder its steps) give the ratio the turn schedule alone
+allows when a decode step costs the same at every batch size (launch-bound decoding, as on a GPU at small batch).
 
 A first table isolates the model: ``generate`` on the same prompt at batch 1 and batch 8 with end-of-turn tokens
 ignored, so every row decodes exactly ``max_new_tokens`` tokens (best of 3) — the best a lockstep batch of 8 can do
@@ -53,14 +56,20 @@ TARGET_FACTOR = 0.7
 
 
 class TimedPolicy:
-    """Delegates to a TeamPolicy and records the wall time and batch size of every ``generate`` call."""
+    """Delegates to a TeamPolicy and records the wall time and batch size of every ``generate`` call.
 
-    def __init__(self, policy: TeamPolicy) -> None:
+    ``continuous=True`` also offers the policy's continuous decoder (run_rollouts then refills one batch over every
+    role); each decoder step is then one "call" and its batch the rows it advanced.
+    """
+
+    def __init__(self, policy: TeamPolicy, continuous: bool = False) -> None:
         self.policy = policy
         self.roles = policy.roles
         self.seconds = 0.0
         self.batches: list[int] = []
         self.steps = 0  # decode steps: per call, the longest completion in the batch
+        if continuous:
+            self.decoder = lambda: TimedDecoder(self, policy.decoder())
 
     def generate(self, role: str, prompts: list[list[Message]]) -> list[Generation]:
         start = time.perf_counter()
@@ -68,6 +77,30 @@ class TimedPolicy:
         self.seconds += time.perf_counter() - start
         self.batches.append(len(prompts))
         self.steps += max((len(g.completion_ids) for g in out), default=0)
+        return out
+
+
+class TimedDecoder:
+    """Delegates to a continuous decoder; every step is one decode step of ``active`` rows."""
+
+    def __init__(self, timed: TimedPolicy, decoder: Any) -> None:
+        self.timed, self.decoder = timed, decoder
+
+    @property
+    def active(self) -> int:
+        return self.decoder.active
+
+    def submit(self, *args: Any) -> None:
+        start = time.perf_counter()
+        self.decoder.submit(*args)
+        self.timed.seconds += time.perf_counter() - start
+
+    def step(self) -> list:
+        start = time.perf_counter()
+        self.timed.batches.append(self.decoder.active)
+        out = self.decoder.step()
+        self.timed.seconds += time.perf_counter() - start
+        self.timed.steps += 1
         return out
 
 
@@ -105,8 +138,10 @@ def completion_tokens(episodes: Sequence[Episode]) -> int:
     return sum(len(g.completion_ids) for ep in episodes for g in ep.generations)
 
 
-def play(policy: TeamPolicy, envs: list[TimedEnv], resets: list[dict], seed: int) -> dict[str, Any]:
-    timed = TimedPolicy(policy)
+def play(
+    policy: TeamPolicy, envs: list[TimedEnv], resets: list[dict], seed: int, continuous: bool = False
+) -> dict[str, Any]:
+    timed = TimedPolicy(policy, continuous)
     for env in envs:
         env.reset_s = env.step_s = 0.0
     torch.manual_seed(seed)
@@ -119,6 +154,7 @@ def play(policy: TeamPolicy, envs: list[TimedEnv], resets: list[dict], seed: int
         "wall": wall,
         "cpu": cpu,
         "tokens": tokens,
+        "prompt_tokens": sum(len(g.prompt_ids) for ep in episodes for g in ep.generations),
         "actions": actions,
         "truncated": sum(g.truncated for ep in episodes for g in ep.generations),
         "gen_s": timed.seconds,
@@ -184,6 +220,20 @@ def main() -> None:
     ap.add_argument("--model", default="embedded", help='"embedded", "tiny" or a local HF path')
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--tick-arm",
+        action="store_true",
+        help="also run the old lockstep loop (one generate batch per role per tick) on the same 8 envs",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 is steadier when other processes share the cores",
+    )
+    ap.add_argument(
+        "--no-decode-table", action="store_true", help="skip the decode-only table (minutes less)"
+    )
     ap.add_argument("--baseline-ref", default=None, help="compare this tree's TeamPolicy with REF's and exit")
     ap.add_argument(
         "--baseline-arms",
@@ -193,6 +243,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     max_new = args.max_new_tokens or (16 if args.quick else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     B = args.episodes
 
     load0 = os.getloadavg()[0]
@@ -244,20 +296,27 @@ def main() -> None:
         play(policy, seq_envs, resets[:1], args.seed)
 
         busy0, tree0, t0 = system_busy_s(), tree_cpu_s(), time.perf_counter()
-        decode = {
-            (b, adapters): decode_only(policy, prompt, b, max_new, args.seed, repeats=3, adapters=adapters)
-            for adapters in (True, False)
-            for b in (1, B)
-        }
-        print_decode(decode, len(prompt), max_new, B)
-        lock = play(policy, lock_envs, resets, args.seed)
+        if not args.no_decode_table:
+            decode = {
+                (b, adapters): decode_only(
+                    policy, prompt, b, max_new, args.seed, repeats=3, adapters=adapters
+                )
+                for adapters in (True, False)
+                for b in (1, B)
+            }
+            print_decode(decode, len(prompt), max_new, B)
+        lock = play(policy, lock_envs, resets, args.seed, continuous=True)
         print(f"[lockstep arm done: {lock['tokens']} tokens in {lock['wall']:.1f} s]", flush=True)
+        tick = None
+        if args.tick_arm:
+            tick = play(policy, lock_envs, resets, args.seed)
+            print(f"[tick arm done: {tick['tokens']} tokens in {tick['wall']:.1f} s]", flush=True)
         seq = play(policy, seq_envs, resets, args.seed)
         contention = foreign_load(busy0, tree0, time.perf_counter() - t0)
     finally:
         for env in lock_envs + seq_envs:
             env.close()
-    print_episodes(lock, seq, B)
+    print_episodes(lock, seq, B, tick)
     print(contention)
 
 
@@ -331,14 +390,18 @@ def print_decode(decode: dict, prompt_len: int, max_new: int, B: int) -> None:
     sys.stdout.flush()
 
 
-def print_episodes(lock: dict, seq: dict, B: int) -> None:
-    print(f"\n-- episodes: {B} math-chat episodes, lockstep (B={B} envs) vs sequential (1 env, batch 1)")
+def print_episodes(lock: dict, seq: dict, B: int, tick: dict | None = None) -> None:
+    print(
+        f"\n-- episodes: {B} math-chat episodes, lockstep (B={B} envs, one continuous batch over every role) vs "
+        "sequential (1 env, batch 1)"
+    )
     print(
         f"{'arm':<11} {'eps':>4} {'actions':>7} {'trunc':>5} {'tokens':>7} {'wall s':>7} {'tok/s':>7} "
         f"{'tok/CPU-s':>9} {'gen s':>7} {'other s':>7} {'env Σs':>7} {'reset Σs':>8} {'calls':>5} {'batch':>5} "
         f"{'solved':>6}"
     )
-    for name, r in (("lockstep", lock), ("sequential", seq)):
+    arms = [("lockstep", lock), *([("tick", tick)] if tick else []), ("sequential", seq)]
+    for name, r in arms:
         print(
             f"{name:<11} {r['episodes']:>4} {r['actions']:>7} {r['truncated']:>5} {r['tokens']:>7} {r['wall']:>7.1f} "
             f"{r['tokens'] / r['wall']:>7.1f} {r['tokens'] / r['cpu']:>9.1f} {r['gen_s']:>7.1f} "
@@ -346,13 +409,20 @@ def print_episodes(lock: dict, seq: dict, B: int) -> None:
             f"{r['mean_batch']:>5.2f} {r['success']:>6}"
         )
     print(
-        "(gen s: inside policy.generate; other s: wall − gen s, i.e. env resets/steps and bookkeeping; env Σs: "
-        "summed wall of every reset/step call, overlapping in lockstep; batch: mean prompts per generate call)"
+        "(gen s: inside policy.generate / the decoder; other s: wall − gen s, i.e. env resets/steps not hidden "
+        "behind decoding, and bookkeeping; env Σs: summed wall of every reset/step call, overlapping in lockstep; "
+        "calls/batch: generate calls and mean prompts per call, or for lockstep decoder steps and mean rows per "
+        "step; tick: the old loop, one generate batch per role per tick, same envs)"
     )
     ratio = (lock["tokens"] / lock["wall"]) / (seq["tokens"] / seq["wall"])
     gen_ratio = (lock["tokens"] / lock["gen_s"]) / (seq["tokens"] / seq["gen_s"])
     cpu_ratio = (lock["tokens"] / lock["cpu"]) / (seq["tokens"] / seq["cpu"])
     sched = (lock["tokens"] / lock["steps"]) / (seq["tokens"] / seq["steps"])
+    print(
+        f"prompt tokens prefilled: lockstep {lock['prompt_tokens']}, sequential {seq['prompt_tokens']} "
+        f"({seq['prompt_tokens'] / max(seq['tokens'], 1):.1f} per completion token; prefill is compute-bound on a "
+        "CPU, so batching it saves little)"
+    )
     print(
         f"generation-only tokens/s ratio: {gen_ratio:.2f}x; tokens per CPU-second of this process ratio: "
         f"{cpu_ratio:.2f}x (less sensitive to other processes than wall time)"

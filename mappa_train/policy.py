@@ -16,7 +16,7 @@ Log-probs for training (and any other scoring) come from :mod:`mappa_train.logpr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mappa_train.prompting import ChatPrompter, stop_token_ids
-from mappa_train.sampler import HFSampler, Request, Sampler, SamplingSettings
+from mappa_train.sampler import Decoder, HFSampler, Request, Sampler, SamplingSettings
 from mappa_train.types import Generation, Message
 from mappa_train.weights import TeamWeights, check_roles
 
@@ -236,6 +236,36 @@ class TeamPolicy:
             self.settings, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k
         )
         return self.sampler.generate([Request(role, list(p)) for p in prompt_ids], settings)
+
+    def decoder(self) -> MessageDecoder | None:
+        """A continuous-batching decoder over every role under the current settings, if the sampler offers one.
+
+        ``None`` when the sampler only implements ``generate`` (a served model) or cannot mix roles (full mode);
+        :func:`~mappa_train.rollout.run_rollouts` then decodes tick by tick, one batch per role.
+        """
+        open_ = getattr(self.sampler, "open", None)
+        decoder = open_(self.settings) if open_ is not None else None
+        return None if decoder is None else MessageDecoder(self, decoder)
+
+
+class MessageDecoder:
+    """A sampler's :class:`~mappa_train.sampler.Decoder` that takes chat messages (encoded as :meth:`generate` does)."""
+
+    def __init__(self, policy: TeamPolicy, decoder: Decoder) -> None:
+        self.policy = policy
+        self.decoder = decoder
+        self.limit = policy.prompt_limit()
+
+    @property
+    def active(self) -> int:
+        return self.decoder.active
+
+    def submit(self, key: Hashable, role: str, messages: Sequence[Message], seed: int | None = None) -> None:
+        self.policy.weights.check_role(role)
+        self.decoder.submit(key, role, self.policy.prompter.encode(messages, self.limit), seed)
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        return self.decoder.step()
 
 
 def _with(settings: SamplingSettings, **changes: Any) -> SamplingSettings:

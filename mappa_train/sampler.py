@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from mappa_train.logprobs import unwrap_model
+
+if TYPE_CHECKING:
+    from mappa_train.continuous import HFDecoder
 from mappa_train.types import Generation
 from mappa_train.weights import TeamWeights
 
@@ -68,6 +71,34 @@ class Sampler(Protocol):
         ...
 
 
+class Decoder(Protocol):
+    """A running batch that replies can join at any step (continuous batching); see :mod:`mappa_train.continuous`."""
+
+    @property
+    def active(self) -> int:
+        """Replies submitted and not yet returned by :meth:`step`."""
+        ...
+
+    def submit(self, key: Hashable, role: str, prompt_ids: Sequence[int], seed: int | None = None) -> None:
+        """Queue one reply of ``role``; ``seed`` seeds that reply's own sampling generator."""
+        ...
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Advance the batch by one token (admitting what was queued); the ``(key, reply)`` s that finished."""
+        ...
+
+
+class ContinuousSampler(Sampler, Protocol):
+    """An optional capability: a sampler that can also run a :class:`Decoder` (rollouts then refill the batch).
+
+    A sampler offering only :meth:`Sampler.generate` (a served model) is driven tick by tick instead.
+    """
+
+    def open(self, settings: SamplingSettings) -> Decoder | None:
+        """A decoder sampling under ``settings``, or ``None`` when this sampler cannot batch continuously now."""
+        ...
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0):
     """Draw one token per row from ``logits`` (batch × vocab, float32).
 
@@ -78,7 +109,34 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0, to
         token = logits.argmax(-1)
         return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
     logp = (logits / temperature).log_softmax(-1)
-    probs = logp.exp()
+    probs = _truncate(logp.exp(), top_p, top_k)
+    token = torch.multinomial(probs, 1).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_next` with one generator per row (``None``: the global torch RNG).
+
+    Why: a row's draws then depend only on its own seed and logits, not on the other rows in the batch.
+    """
+    if temperature <= 0:
+        return sample_next(logits, temperature)
+    logp = (logits / temperature).log_softmax(-1)
+    probs = _truncate(logp.exp(), top_p, top_k)
+    token = torch.cat(
+        [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]  # one draw per row
+    )
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+def _truncate(probs: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """``probs`` with everything outside the top-k / top-p set zeroed (not renormalised: multinomial does it)."""
     if top_k and top_k < probs.shape[-1]:
         kth = probs.topk(top_k, dim=-1).values[:, -1:]
         probs = probs.masked_fill(probs < kth, 0.0)
@@ -87,8 +145,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float = 1.0, to
         cumulative = sorted_probs.cumsum(-1)
         sorted_probs = sorted_probs.masked_fill(cumulative - sorted_probs > top_p * cumulative[:, -1:], 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    token = torch.multinomial(probs, 1).squeeze(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    return probs
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -120,6 +177,36 @@ class HFSampler:
 
     def on_update(self, weights: TeamWeights) -> None:
         """Nothing to do: the sampler runs the very modules the optimisers update."""
+
+    def open(self, settings: SamplingSettings) -> HFDecoder | None:
+        """A continuous-batching decoder over every role at once (lora mode: per-row ``adapter_names``).
+
+        Full-copy mode has one model per role, so rows of different roles cannot share a forward: ``None`` (the
+        rollout then falls back to per-role batches through :meth:`generate`).
+        """
+        from mappa_train.continuous import HFDecoder
+
+        if self.weights.mode != "lora":
+            return None
+        if settings.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+        model = self.weights.model
+        if self._cache_arg is None:
+            self._cache_arg = cache_argument(model)
+        return HFDecoder(
+            model,
+            self._cache_arg,
+            adapter_names=True,
+            stop_token_ids=self.stop_token_ids,
+            pad_id=self.pad_id,
+            max_new_tokens=settings.max_new_tokens,
+            sample=lambda logits, gens: sample_rows(
+                logits, gens, settings.temperature, settings.top_p, settings.top_k
+            ),
+            decode=self.decode,
+            check_role=self.weights.check_role,
+            select=self.weights.model_for,
+        )
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> list[Generation]:
         out: list[Generation | None] = [None] * len(requests)
