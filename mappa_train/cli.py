@@ -143,7 +143,9 @@ def _what_happened(run: Path, before: float | None, after: float | None) -> str:
     episodes = max((int(r.get("episodes_seen", 0)) for r in rows), default=0)
     lines = []
     if train:
-        lines.append(f"training success per step: {', '.join(f'{s:.2f}' for s in train)} ({episodes} episodes)")
+        lines.append(
+            f"training success per step: {', '.join(f'{s:.2f}' for s in train)} ({episodes} episodes)"
+        )
     if before is not None and after is not None:
         if after > before:
             lines.append("the trained team solves more held-out tasks than the untrained one")
@@ -155,7 +157,9 @@ def _what_happened(run: Path, before: float | None, after: float | None) -> str:
             "a few dozen episodes rarely move a 135M model; docs/RESULTS.md has 80-episode runs over several seeds "
             "and `mappa bench bench/suites/math-one-step.yaml` reruns that comparison"
         )
-    lines.append(f"look at: {run / 'curves.png'} (curves), {run / 'transcripts.jsonl'} (every action, scored)")
+    lines.append(
+        f"look at: {run / 'curves.png'} (curves), {run / 'transcripts.jsonl'} (every action, scored)"
+    )
     return "\n".join(lines)
 
 
