@@ -148,9 +148,13 @@ def _what_happened(run: Path, before: float | None, after: float | None) -> str:
         )
     if before is not None and after is not None:
         if after > before:
-            lines.append("the trained team solved more held-out tasks than the untrained one (one run: within noise)")
+            lines.append(
+                "the trained team solved more held-out tasks than the untrained one (one run: within noise)"
+            )
         elif after < before:
-            lines.append("the trained team solved fewer held-out tasks than the untrained one (one run: within noise)")
+            lines.append(
+                "the trained team solved fewer held-out tasks than the untrained one (one run: within noise)"
+            )
         else:
             lines.append("no change on the held-out tasks")
         lines.append(
