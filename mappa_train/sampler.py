@@ -28,7 +28,7 @@ import inspect
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -159,6 +159,17 @@ def cache_argument(model: nn.Module) -> str:
     )
 
 
+def rows_by_role(requests: Sequence[Request], check_role: Callable[[str], Any]) -> dict[str, list[int]]:
+    """The indices of ``requests`` per role, in order; every role checked and every prompt non-empty."""
+    by_role: dict[str, list[int]] = defaultdict(list)
+    for i, request in enumerate(requests):
+        check_role(request.role)
+        if not request.prompt_ids:
+            raise ValueError("empty prompt")
+        by_role[request.role].append(i)
+    return by_role
+
+
 class HFSampler:
     """Samples with the in-process weights of :class:`~mappa_train.weights.TeamWeights`, one batch per role."""
 
@@ -210,13 +221,7 @@ class HFSampler:
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> list[Generation]:
         out: list[Generation | None] = [None] * len(requests)
-        by_role: dict[str, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            self.weights.check_role(request.role)
-            if not request.prompt_ids:
-                raise ValueError("empty prompt")
-            by_role[request.role].append(i)
-        for role, rows in by_role.items():
+        for role, rows in rows_by_role(requests, self.weights.check_role).items():
             gens = self._generate_role(role, [requests[i].prompt_ids for i in rows], settings)
             for i, gen in zip(rows, gens, strict=True):
                 out[i] = gen

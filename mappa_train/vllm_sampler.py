@@ -25,13 +25,12 @@ import json
 import shutil
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mappa_train.sampler import Request, SamplingSettings
+from mappa_train.sampler import Request, SamplingSettings, rows_by_role
 from mappa_train.types import Generation
 from mappa_train.weights import TeamWeights
 
@@ -170,12 +169,7 @@ class VLLMSampler:
     # ------------------------------------------------------------------------------------------------ sampling
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> list[Generation]:
-        by_role: dict[str, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            self.weights.check_role(request.role)
-            if not request.prompt_ids:
-                raise ValueError("empty prompt")
-            by_role[request.role].append(i)
+        by_role = rows_by_role(requests, self.weights.check_role)
         if not requests:
             return []
         if self.version == 0:
