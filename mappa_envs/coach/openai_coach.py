@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -43,6 +42,7 @@ from mappa_envs.coach.prompts import (
 )
 from mappa_envs.pipeline import Role
 from mappa_envs.records import ActionRecord, Judgement
+from mappa_envs.request_limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,9 @@ class OpenAICoach:
         extra_body: Mapping[str, Any] | None = None,
         corrections: bool = False,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.request_limits = RequestLimits(  # checks the limits, and backs off as a served agent does
+            concurrency, float(timeout_s), max_retries, float(backoff_s), float(max_backoff_s)
+        )
         if fallback != "error":
             if isinstance(fallback, bool) or not isinstance(fallback, int | float) or not 0 <= fallback <= 10:
                 raise ValueError(f'fallback must be "error" or a score in [0, 10], got {fallback!r}')
@@ -452,8 +449,7 @@ class OpenAICoach:
             )
 
     def _backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return delay * (0.75 + 0.5 * random.random())
+        return self.request_limits.backoff(attempt)
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
